@@ -1,0 +1,1 @@
+"""Benchmarks that write JSON results (device, versions, config, metrics) under benchmarks/results/."""

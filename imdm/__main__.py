@@ -1,0 +1,5 @@
+import sys
+
+from imdm.cli import main
+
+sys.exit(main())

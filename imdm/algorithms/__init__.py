@@ -1,0 +1,1 @@
+"""Training algorithms: each one object with a loss for a batch and a denoiser for sampling."""

@@ -1,0 +1,54 @@
+"""Turn a validated Recipe into objects: dataset, model, algorithm, sampler settings."""
+
+from __future__ import annotations
+
+import torch
+
+from imdm.algorithms.masked_diffusion import MaskedDiffusion
+from imdm.data.synthetic import SyntheticRepeat
+from imdm.diffusion.schedule import make_schedule
+from imdm.models.dit import DiT, DiTConfig
+from imdm.models.mask_state import MaskStateConfig
+from imdm.recipe import Recipe
+from imdm.sampling.ancestral import SamplerSettings
+
+STREAM_INIT = 11
+
+
+def build_dataset(recipe: Recipe) -> SyntheticRepeat:
+    d = recipe.data
+    return SyntheticRepeat(d.vocab_size, d.seq_len, d.num_sequences, d.seed)
+
+
+def model_config(recipe: Recipe, vocab_size: int, mask_id: int) -> DiTConfig:
+    m, a = recipe.model, recipe.algorithm
+    d_model, n_blocks, n_heads = m.dims()
+    mask_state = None
+    if a.name == "imdm":
+        mask_state = MaskStateConfig(a.noise_dim, a.noise_kind, a.noise_scale, a.num_masks)
+    return DiTConfig(vocab_size=vocab_size, mask_id=mask_id, d_model=d_model, n_blocks=n_blocks,
+                     n_heads=n_heads, cond_dim=m.cond_dim, dropout=m.dropout, attention=m.attention,
+                     softcap=m.softcap, qk_norm=m.qk_norm, vocab_pad_multiple=m.vocab_pad_multiple,
+                     time_conditioning=a.time_conditioning, mask_state=mask_state)
+
+
+def build_model(recipe: Recipe, vocab_size: int, mask_id: int, device: torch.device | str = "cpu") -> DiT:
+    """The DiT with weights initialised from the run seed (identical on every rank)."""
+    cfg = model_config(recipe, vocab_size, mask_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.run.seed * 1_000_003 + STREAM_INIT)
+        model = DiT(cfg)
+    return model.to(device)
+
+
+def build_algorithm(recipe: Recipe, mask_id: int) -> MaskedDiffusion:
+    a = recipe.algorithm
+    return MaskedDiffusion(make_schedule(a.noise_schedule, a.schedule_eps), mask_id, recipe.run.seed, a.antithetic)
+
+
+def sampler_settings(recipe: Recipe, steps: int) -> SamplerSettings:
+    s = recipe.sampling
+    posterior = s.posterior if s.posterior != "auto" else recipe.algorithm.name
+    return SamplerSettings(steps=steps, posterior=posterior, fix_eps=s.fix_eps,
+                           cached=s.cached and not recipe.algorithm.time_conditioning,
+                           temperature=s.temperature, top_p=s.top_p)

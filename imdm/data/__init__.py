@@ -1,0 +1,1 @@
+"""Data sources and the order in which the training loop reads them."""

@@ -1,0 +1,48 @@
+"""The synthetic task of SPEC section 6: every sequence repeats one token c ~ Uniform{0..V-1}.
+The mask token is appended at id V, so the model has V + 1 outputs."""
+
+from __future__ import annotations
+
+import torch
+
+from imdm import rng
+
+STREAM_SYNTHETIC = 7
+
+
+class SyntheticRepeat:
+    """`num_sequences` sequences of length `seq_len`, each one token repeated; sequence j's
+    token is a pure function of (seed, j)."""
+
+    def __init__(self, vocab_size: int, seq_len: int, num_sequences: int, seed: int = 0):
+        self.vocab_size, self.seq_len, self.num_sequences, self.seed = vocab_size, seq_len, num_sequences, seed
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+    @property
+    def model_vocab(self) -> int:
+        return self.vocab_size + 1
+
+    def __len__(self) -> int:
+        return self.num_sequences
+
+    def tokens(self, index: torch.Tensor) -> torch.Tensor:
+        """int64 [len(index), L] for dataset indices `index`."""
+        c = rng.hash32(self.seed, index.to(torch.int64), STREAM_SYNTHETIC) % self.vocab_size
+        return c[:, None].expand(-1, self.seq_len).contiguous()
+
+
+def validity(samples: torch.Tensor) -> torch.Tensor:
+    """Bool [B]: all L tokens of the sequence are equal."""
+    return (samples == samples[:, :1]).all(dim=1)
+
+
+def synthetic_metrics(samples: torch.Tensor, vocab_size: int) -> dict:
+    """Validity (fraction of all-equal sequences) and coverage (distinct tokens among the valid
+    ones, also as a fraction of the most that len(samples) draws could cover)."""
+    valid = validity(samples)
+    distinct = int(torch.unique(samples[valid, 0]).numel()) if bool(valid.any()) else 0
+    return {"validity": float(valid.float().mean()), "coverage": distinct,
+            "coverage_fraction": distinct / min(vocab_size, samples.shape[0])}

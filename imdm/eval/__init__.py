@@ -1,0 +1,1 @@
+"""Evaluation: sampling-based metrics of trained runs."""

@@ -1,0 +1,1 @@
+"""Denoiser networks: the DiT of SPEC section 7 and the IMDM mask-state embedding."""

@@ -1,0 +1,61 @@
+"""Bidirectional multi-head attention with rotary positions and a choice of kernels:
+PyTorch SDPA with an explicit backend priority, the flash-attn package, or plain math (the
+only PyTorch path that supports logit soft-capping)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from imdm.models.layers import apply_rotary
+
+SDPA_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                 SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def _math_attention(q, k, v, softcap: float):
+    scores = (q.float() @ k.float().transpose(-1, -2)) / q.shape[-1] ** 0.5
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
+
+
+def _flash_attn(q, k, v, softcap: float):
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError as err:
+        raise RuntimeError("model.attention = 'flash_attn' needs the flash-attn package "
+                           "(pip install 'imdm[flash]'); or use 'sdpa' / 'math'") from err
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softcap=softcap)
+    return out.transpose(1, 2)
+
+
+class SelfAttention(nn.Module):
+    """Fused QKV (no bias) -> optional QK-norm -> rotary -> attention -> output (no bias)."""
+
+    def __init__(self, dim: int, n_heads: int, backend: str = "sdpa", softcap: float = 0.0,
+                 qk_norm: bool = False):
+        super().__init__()
+        self.n_heads, self.backend, self.softcap = n_heads, backend, softcap
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        head_dim = dim // n_heads
+        self.q_norm = nn.RMSNorm(head_dim) if qk_norm else None
+        self.k_norm = nn.RMSNorm(head_dim) if qk_norm else None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, l, d = x.shape
+        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.backend == "sdpa":
+            with sdpa_kernel(SDPA_PRIORITY, set_priority=True):
+                y = F.scaled_dot_product_attention(q, k, v)
+        elif self.backend == "flash_attn":
+            y = _flash_attn(q, k, v, self.softcap)
+        else:
+            y = _math_attention(q, k, v, self.softcap)
+        return self.out(y.transpose(1, 2).reshape(b, l, d))

@@ -1,0 +1,120 @@
+"""The DiT denoiser of SPEC section 7: untied token embedding (+ the IMDM mask state),
+pre-norm adaLN-Zero blocks with rotary bidirectional attention, an adaLN-modulated output head."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imdm.models.attention import SelfAttention
+from imdm.models.layers import LayerNormNoBias, TimestepEmbedder, modulate, rotary_tables
+from imdm.models.mask_state import MaskStateConfig, MaskStateEmbedding
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    vocab_size: int                 # V outputs, the mask token included
+    mask_id: int
+    d_model: int
+    n_blocks: int
+    n_heads: int
+    cond_dim: int = 128
+    dropout: float = 0.1
+    attention: str = "sdpa"
+    softcap: float = 0.0
+    qk_norm: bool = False
+    vocab_pad_multiple: int = 1
+    time_conditioning: bool = False
+    mask_state: MaskStateConfig | None = None   # None: plain MDLM (as_mdlm)
+
+    @property
+    def padded_vocab(self) -> int:
+        m = self.vocab_pad_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.norm1 = LayerNormNoBias(d)
+        self.attn = SelfAttention(d, cfg.n_heads, cfg.attention, cfg.softcap, cfg.qk_norm)
+        self.norm2 = LayerNormNoBias(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d))
+        self.adaLN = nn.Linear(cfg.cond_dim, 6 * d)
+        nn.init.zeros_(self.adaLN.weight)
+        nn.init.zeros_(self.adaLN.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, c, cos, sin):
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN(c)[:, None].chunk(6, dim=2)
+        x = x + gate_a * self.dropout(self.attn(modulate(self.norm1(x), shift_a, scale_a), cos, sin))
+        return x + gate_m * self.dropout(self.mlp(modulate(self.norm2(x), shift_m, scale_m)))
+
+
+class OutputHead(nn.Module):
+    """LayerNorm -> adaLN shift/scale -> Linear(d, V) with bias, zero-initialised; rows beyond
+    V (padding for fast matmuls) are sliced off."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.vocab_size = cfg.vocab_size
+        self.norm = LayerNormNoBias(cfg.d_model)
+        self.adaLN = nn.Linear(cfg.cond_dim, 2 * cfg.d_model)
+        self.linear = nn.Linear(cfg.d_model, cfg.padded_vocab)
+        for p in (self.adaLN.weight, self.adaLN.bias, self.linear.weight, self.linear.bias):
+            nn.init.zeros_(p)
+
+    def features(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN(c)[:, None].chunk(2, dim=2)
+        return modulate(self.norm(x), shift, scale)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h)[..., : self.vocab_size]
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.token_embed = nn.Parameter(torch.empty(cfg.vocab_size, cfg.d_model))
+        nn.init.kaiming_uniform_(self.token_embed, a=math.sqrt(5))
+        self.mask_state = MaskStateEmbedding(cfg.mask_state, cfg.d_model) if cfg.mask_state else None
+        self.time_embed = TimestepEmbedder(cfg.cond_dim)
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.n_blocks))
+        self.head = OutputHead(cfg)
+
+    def features(self, tokens: torch.Tensor, noise: torch.Tensor | None = None,
+                 sigma: torch.Tensor | None = None) -> torch.Tensor:
+        """Modulated final hidden states [B, L, d]; `noise` is the mask-state base noise
+        [B, L, noise_width] (required for IMDM), `sigma` the noise level (time-conditioned only)."""
+        x = F.embedding(tokens, self.token_embed)
+        if self.mask_state is not None:
+            if noise is None:
+                raise ValueError("this model has mask states (IMDM): pass the mask-state noise")
+            is_mask = (tokens == self.cfg.mask_id).unsqueeze(-1)
+            x = x + torch.where(is_mask, self.mask_state(noise), 0.0)
+        if sigma is None or not self.cfg.time_conditioning:
+            sigma = torch.zeros(tokens.shape[0], device=tokens.device)
+        c = F.silu(self.time_embed(sigma))
+        cos, sin = rotary_tables(tokens.shape[1], self.cfg.d_model // self.cfg.n_heads, tokens.device)
+        for block in self.blocks:
+            x = block(x, c, cos, sin)
+        return self.head.features(x, c)
+
+    def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None,
+                sigma: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, L, V] (before SUBS)."""
+        return self.head.logits(self.features(tokens, noise, sigma))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, the head's padding rows excluded."""
+    total = sum(p.numel() for p in model.parameters())
+    if isinstance(model, DiT):
+        total -= (model.cfg.padded_vocab - model.cfg.vocab_size) * (model.cfg.d_model + 1)
+    return total

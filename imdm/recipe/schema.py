@@ -1,0 +1,189 @@
+"""Typed sections of a recipe. Each field's metadata carries its allowed values; checks that
+span fields live in `Recipe.cross_checks`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MODEL_SIZES = {
+    # name: (d_model, n_blocks, n_heads), SPEC section 7
+    "synthetic": (128, 4, 4),
+    "small": (768, 12, 12),
+    "medium": (1024, 24, 16),
+    "large": (1536, 24, 16),
+}
+
+
+def spec(default: Any = None, *, choices: tuple | None = None, gt: float | None = None,
+         ge: float | None = None, le: float | None = None, doc: str = "", factory=None) -> Any:
+    """A dataclass field with validation metadata (choices, bounds) and a one-line doc."""
+    meta = {"choices": choices, "gt": gt, "ge": ge, "le": le, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunSection:
+    name: str = spec("quickstart", doc="run name; the run directory is output_dir/name")
+    seed: int = spec(0, ge=0, doc="root seed: t, masks, mask states and init derive from it")
+    output_dir: str = spec("runs", doc="parent folder of run directories")
+
+
+@dataclass
+class ModelSection:
+    size: str = spec("synthetic", choices=(*MODEL_SIZES, "custom"), doc="preset of SPEC section 7")
+    d_model: int | None = spec(None, gt=0, doc="width; default from size")
+    n_blocks: int | None = spec(None, gt=0, doc="transformer blocks; default from size")
+    n_heads: int | None = spec(None, gt=0, doc="attention heads; default from size")
+    cond_dim: int = spec(128, gt=0, doc="adaLN conditioning width")
+    dropout: float = spec(0.1, ge=0.0, le=0.9, doc="residual-branch dropout")
+    attention: str = spec("sdpa", choices=("sdpa", "flash_attn", "math"),
+                          doc="sdpa (cuDNN > Flash > efficient > math), flash-attn package, or explicit math")
+    softcap: float = spec(0.0, ge=0.0, doc="attention logit soft-cap (0 = off; needs math or flash_attn)")
+    qk_norm: bool = spec(False, doc="RMS-normalise q and k per head")
+    vocab_pad_multiple: int = spec(1, gt=0, doc="pad the output head's rows to a multiple of this")
+
+    def dims(self) -> tuple[int, int, int]:
+        """(d_model, n_blocks, n_heads) after applying the size preset."""
+        base = MODEL_SIZES.get(self.size, (None, None, None))
+        d = self.d_model if self.d_model is not None else base[0]
+        b = self.n_blocks if self.n_blocks is not None else base[1]
+        h = self.n_heads if self.n_heads is not None else base[2]
+        return d, b, h
+
+
+@dataclass
+class AlgorithmSection:
+    name: str = spec("imdm", choices=("mdlm", "imdm"), doc="mdlm = IMDM with as_mdlm")
+    noise_dim: int = spec(128, gt=0, doc="D, the mask-state dimension")
+    noise_kind: str = spec("rand", choices=("rand", "randn", "learnable"), doc="distribution of eps")
+    noise_scale: float = spec(1.0, gt=0.0, doc="scale of rand / randn")
+    num_masks: int = spec(0, ge=0, doc="K > 0: finite set of K mask states (ablation)")
+    time_conditioning: bool = spec(False, doc="feed sigma(t) to the adaLN (off for MDLM/IMDM)")
+    noise_schedule: str = spec("loglinear", choices=("loglinear", "cosine"), doc="alpha_t")
+    schedule_eps: float = spec(1e-3, gt=0.0, le=0.5, doc="alpha_1 = schedule_eps")
+    antithetic: bool = spec(True, doc="stratify t over the global batch")
+
+
+@dataclass
+class DataSection:
+    source: str = spec("synthetic", choices=("synthetic",), doc="data source")
+    vocab_size: int = spec(64, gt=1, doc="synthetic: number of real tokens (mask appended)")
+    seq_len: int = spec(8, gt=1, doc="L")
+    num_sequences: int = spec(100_000, gt=0, doc="synthetic: size of the training set")
+    seed: int = spec(0, ge=0, doc="seed of the generated data")
+
+
+@dataclass
+class OptimizerSection:
+    lr: float = spec(3e-4, gt=0.0, doc="peak learning rate (AdamW)")
+    beta1: float = spec(0.9, ge=0.0, le=1.0, doc="AdamW beta1")
+    beta2: float = spec(0.999, ge=0.0, le=1.0, doc="AdamW beta2")
+    eps: float = spec(1e-8, gt=0.0, doc="AdamW epsilon")
+    weight_decay: float = spec(0.0, ge=0.0, doc="AdamW decoupled weight decay")
+    grad_clip: float = spec(1.0, ge=0.0, doc="max global grad norm (0 = off)")
+
+
+@dataclass
+class ScheduleSection:
+    warmup_steps: int = spec(2500, ge=0, doc="linear warm-up from 0")
+    decay: str = spec("constant", choices=("constant", "cosine"), doc="after warm-up")
+    min_lr_ratio: float = spec(0.0, ge=0.0, le=1.0, doc="cosine floor as a fraction of lr")
+
+
+@dataclass
+class TrainSection:
+    steps: int = spec(1000, gt=0, doc="optimizer steps")
+    global_batch: int = spec(128, gt=0, doc="sequences per optimizer step over all ranks")
+    micro_batch: int = spec(128, gt=0, doc="sequences per forward pass per rank")
+    ema_decay: float = spec(0.9999, ge=0.0, le=1.0, doc="0 = no EMA")
+    precision: str = spec("auto", choices=("auto", "bf16", "fp32"), doc="auto = bf16 on GPU, fp32 on CPU")
+    device: str = spec("auto", choices=("auto", "cpu", "cuda"), doc="auto = the GPU when there is one")
+    eval_every: int = spec(0, ge=0, doc="validation NELBO every N steps (0 = end only)")
+    eval_batches: int = spec(4, gt=0, doc="micro-batches of the validation NELBO")
+
+
+@dataclass
+class ParallelismSection:
+    data_parallel: int = spec(0, ge=0, doc="data-parallel ranks (0 = the launcher's world size)")
+
+
+@dataclass
+class CheckpointSection:
+    every_steps: int = spec(0, ge=0, doc="save every N steps (0 = at the end only)")
+    keep_last: int = spec(2, gt=0, doc="complete checkpoints kept")
+    resume: bool = spec(True, doc="continue from the newest complete checkpoint of the run")
+
+
+@dataclass
+class SamplingSection:
+    steps: list[int] = spec(factory=lambda: [1, 2, 4, 128], doc="step counts to evaluate (NFE <= steps)")
+    num_samples: int = spec(256, gt=0, doc="sequences generated per step count")
+    batch: int = spec(256, gt=0, doc="sequences per sampler call")
+    posterior: str = spec("auto", choices=("auto", "mdlm", "imdm"), doc="auto = the algorithm's own")
+    fix_eps: bool = spec(False, doc="IMDM: never re-draw a mask state")
+    cached: bool = spec(True, doc="reuse x_theta when a step changed nothing")
+    temperature: float = spec(1.0, gt=0.0, doc="x_theta ** (1/T), renormalised")
+    top_p: float = spec(1.0, gt=0.0, le=1.0, doc="nucleus filtering of x_theta (1 = off)")
+    prefix_len: int = spec(0, ge=0, doc="positions clamped to data (conditional generation)")
+    seed: int = spec(42, ge=0, doc="seed of the generated samples")
+
+
+@dataclass
+class LoggingSection:
+    every_steps: int = spec(50, gt=0, doc="metrics line every N steps")
+    progress: bool = spec(True, doc="console progress line")
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunSection, "model": ModelSection, "algorithm": AlgorithmSection, "data": DataSection,
+    "optimizer": OptimizerSection, "schedule": ScheduleSection, "train": TrainSection,
+    "parallelism": ParallelismSection, "checkpoint": CheckpointSection,
+    "sampling": SamplingSection, "logging": LoggingSection,
+}
+
+
+@dataclass
+class Recipe:
+    run: RunSection = field(default_factory=RunSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
+    data: DataSection = field(default_factory=DataSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    parallelism: ParallelismSection = field(default_factory=ParallelismSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    sampling: SamplingSection = field(default_factory=SamplingSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+
+    def cross_checks(self, world_size: int | None = None) -> list[str]:
+        """Problems that involve several fields, as 'key: message' lines."""
+        problems = []
+        d, b, h = self.model.dims()
+        if self.model.size == "custom" and None in (self.model.d_model, self.model.n_blocks, self.model.n_heads):
+            problems.append("model.size: 'custom' needs model.d_model, model.n_blocks and model.n_heads")
+        elif d % h != 0 or (d // h) % 2 != 0:
+            problems.append(f"model.n_heads: d_model {d} must split into {h} heads of even width")
+        if self.model.softcap > 0 and self.model.attention == "sdpa":
+            problems.append("model.softcap: soft-capping needs model.attention = 'math' or 'flash_attn'")
+        dp = self.parallelism.data_parallel or world_size or 1
+        if world_size is not None and self.parallelism.data_parallel not in (0, world_size):
+            problems.append(f"parallelism.data_parallel: recipe says {self.parallelism.data_parallel} "
+                            f"but the launcher started {world_size} ranks")
+        if self.train.global_batch % (self.train.micro_batch * dp) != 0:
+            problems.append(f"train.global_batch: {self.train.global_batch} is not divisible by "
+                            f"train.micro_batch ({self.train.micro_batch}) x data-parallel size ({dp})")
+        if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in self.sampling.steps):
+            problems.append(f"sampling.steps: every entry must be an integer >= 1, got {self.sampling.steps}")
+        if self.sampling.prefix_len >= self.data.seq_len:
+            problems.append(f"sampling.prefix_len: {self.sampling.prefix_len} leaves nothing to generate "
+                            f"at data.seq_len {self.data.seq_len}")
+        if self.sampling.num_samples % self.sampling.batch != 0:
+            problems.append(f"sampling.num_samples: {self.sampling.num_samples} is not a multiple of "
+                            f"sampling.batch ({self.sampling.batch})")
+        if self.algorithm.name == "mdlm" and self.sampling.posterior == "imdm":
+            problems.append("sampling.posterior: 'imdm' needs mask states; algorithm.name is 'mdlm'")
+        return problems

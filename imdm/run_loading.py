@@ -1,0 +1,49 @@
+"""Open a finished (or running) run directory for sampling and evaluation: its recipe, its
+data source, and its newest complete checkpoint's EMA weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from imdm.algorithms.masked_diffusion import MaskedDiffusion
+from imdm.build import build_algorithm, build_dataset, build_model
+from imdm.recipe import Recipe
+from imdm.recipe.loader import load_recipe
+from imdm.train.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, load_checkpoint
+from imdm.train.ema import EMA
+
+
+@dataclass
+class LoadedRun:
+    recipe: Recipe
+    dataset: object
+    model: torch.nn.Module
+    algorithm: MaskedDiffusion
+    step: int
+    checkpoint: Path
+
+
+def load_run(run_dir: str | Path, device: torch.device, overrides=()) -> LoadedRun:
+    """The run's model with EMA weights, in eval mode, on `device`. `overrides` may change
+    sampling settings (sampling.*) only."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.toml").is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no recipe.toml)")
+    bad = [o for o in overrides if not o.startswith("sampling.")]
+    if bad:
+        raise CheckpointError(f"only sampling.* may be overridden when loading a run, not {bad}")
+    recipe = load_recipe(str(run_dir / "recipe.toml"), overrides)
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint yet")
+    dataset = build_dataset(recipe)
+    model = build_model(recipe, dataset.model_vocab, dataset.mask_id, device)
+    ema = EMA(model, recipe.train.ema_decay)
+    state = load_checkpoint(ckpt, {"ema": ema.state_dict()})
+    ema.load_state_dict(state["ema"])
+    ema.copy_to(model)
+    return LoadedRun(recipe, dataset, model.eval(), build_algorithm(recipe, dataset.mask_id),
+                     checkpoint_step(ckpt), ckpt)

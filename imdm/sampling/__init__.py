@@ -1,0 +1,1 @@
+"""Reverse samplers and exact categorical sampling."""

@@ -1,0 +1,1 @@
+"""The training loop and what it keeps: optimizer schedule, EMA, checkpoints, metrics."""

@@ -1,0 +1,1 @@
+"""Packaged TOML recipes (installed as imdm.recipes); load one as builtin:NAME."""

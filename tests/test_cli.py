@@ -1,0 +1,54 @@
+"""End to end through the command line: quickstart (shortened), sample, eval, and clean
+errors for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _imdm(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "imdm", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.timeout(300)
+def test_quickstart_sample_and_eval(tmp_path):
+    out = tmp_path / "qs"
+    result = _imdm("quickstart", "--output-dir", str(out), "train.steps=40", "sampling.steps=[1, 64]",
+                   "sampling.num_samples=64", "sampling.batch=64", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "V^-(L-1) = 2.3e-13" in result.stdout
+    rows = json.loads((out / "quickstart.json").read_text())
+    assert [(r["method"], r["steps"]) for r in rows] == [("mdlm", 1), ("mdlm", 64), ("imdm", 1), ("imdm", 64)]
+    for r in rows:
+        assert 0.0 <= r["validity"] <= 1.0 and r["nfe"] <= r["steps"]
+        if r["steps"] == 1:
+            assert r["validity"] == 0.0      # the factorised one-step failure (2.3e-13 expected)
+    for method in ("mdlm", "imdm"):
+        assert (out / f"quickstart-{method}" / "recipe.toml").is_file()
+        assert (out / f"quickstart-{method}" / "checkpoints" / "step_00000040" / "meta.json").is_file()
+
+    sample = _imdm("sample", str(out / "quickstart-imdm"), "--steps", "4", "--num-samples", "3", cwd=tmp_path)
+    assert sample.returncode == 0, sample.stderr
+    payload = json.loads(sample.stdout)
+    assert payload["nfe"] <= 4 and len(payload["samples"]) == 3 and all(len(s) == 8 for s in payload["samples"])
+    assert all(0 <= tok < 64 for s in payload["samples"] for tok in s)
+
+    ev = _imdm("eval", str(out / "quickstart-mdlm"), "sampling.steps=[2]", "sampling.num_samples=32",
+               "sampling.batch=32", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads((out / "quickstart-mdlm" / "eval.json").read_text())["rows"][0]["steps"] == 2
+
+    bad = _imdm("eval", str(out / "quickstart-mdlm"), "train.lr=3", cwd=tmp_path)
+    assert bad.returncode == 2 and "only sampling.* may be overridden" in bad.stderr
+
+
+def test_train_rejects_bad_override_without_traceback(tmp_path):
+    result = _imdm("train", "optimizer.lr=-1", "run.output_dir=x", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "builtin:quickstart (with overrides optimizer.lr=-1 run.output_dir=x): optimizer.lr: must be > 0.0" \
+        in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x").exists()
+    missing = _imdm("sample", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert missing.returncode == 2 and "not a run directory" in missing.stderr

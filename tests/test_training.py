@@ -1,0 +1,117 @@
+"""The training loop: learning happens, resume is exact, interrupted saves are never resumed
+from, a changed recipe is refused, checkpoints round-trip into sampling."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from imdm.parallel.distributed import init_distributed
+from imdm.recipe import RecipeError, recipe_from_dict
+from imdm.run_loading import load_run
+from imdm.train import checkpoint as ckpt_mod
+from imdm.train.checkpoint import CheckpointError, complete_checkpoints, latest_checkpoint
+from imdm.train.trainer import Trainer
+
+
+def _recipe(tmp_path, name="run", **train):
+    table = {
+        "run": {"output_dir": str(tmp_path), "name": name, "seed": 3},
+        "model": {"size": "custom", "d_model": 32, "n_blocks": 2, "n_heads": 2, "dropout": 0.1},
+        "algorithm": {"name": "imdm", "noise_dim": 8},
+        "data": {"vocab_size": 16, "seq_len": 6, "num_sequences": 500},
+        "schedule": {"warmup_steps": 2},
+        "train": {"steps": 6, "global_batch": 8, "micro_batch": 4, "eval_batches": 1, **train},
+        "checkpoint": {"keep_last": 5},
+        "logging": {"every_steps": 1, "progress": False},
+        "sampling": {"steps": [1, 4], "num_samples": 8, "batch": 8},
+    }
+    return recipe_from_dict(table)
+
+
+def _params(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _losses(run_dir):
+    import json
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(x)["loss"] for x in lines if '"loss"' in x]
+
+
+def test_resume_is_bit_exact(tmp_path):
+    dist = init_distributed("cpu")
+    straight = Trainer(_recipe(tmp_path, "straight"), dist)
+    straight.fit()
+    split_recipe = _recipe(tmp_path, "split", steps=3)
+    Trainer(split_recipe, dist).fit()
+    resumed = Trainer(_recipe(tmp_path, "split", steps=6), dist)
+    resumed.fit()
+    a, b = _params(straight), _params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _losses(tmp_path / "straight") == _losses(tmp_path / "split")
+    assert all(torch.equal(straight.ema.shadow[k], resumed.ema.shadow[k]) for k in a)
+
+
+def test_interrupted_save_is_never_resumed(tmp_path, monkeypatch):
+    dist = init_distributed("cpu")
+    Trainer(_recipe(tmp_path, "crash", steps=2, ), dist).fit()
+    folder = tmp_path / "crash" / "checkpoints"
+    assert [p.name for p in complete_checkpoints(folder)] == ["step_00000002"]
+
+    real_save = ckpt_mod.dcp.save
+
+    def dying_save(state, checkpoint_id):
+        real_save(state, checkpoint_id=checkpoint_id)
+        raise KeyboardInterrupt("killed after the tensors were written")
+
+    monkeypatch.setattr(ckpt_mod.dcp, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_recipe(tmp_path, "crash", steps=4), dist).fit()
+    monkeypatch.undo()
+    assert latest_checkpoint(folder).name == "step_00000002"
+    assert (folder / ".partial-step_00000004").exists()
+    (folder / "step_00000009").mkdir()            # a folder with no meta is not complete either
+    resumed = Trainer(_recipe(tmp_path, "crash", steps=4), dist)
+    resumed.fit()
+    assert resumed.step == 4 and latest_checkpoint(folder).name == "step_00000004"
+    assert not (folder / ".partial-step_00000004").exists()
+
+
+def test_changed_recipe_is_refused_on_resume(tmp_path):
+    dist = init_distributed("cpu")
+    Trainer(_recipe(tmp_path, "r", steps=2), dist).fit()
+    changed = _recipe(tmp_path, "r", steps=4)
+    changed.optimizer.lr = 1e-2
+    with pytest.raises(RecipeError, match="optimizer.lr: differs from the run directory's recipe"):
+        Trainer(changed, dist).fit()
+
+
+def test_training_learns_and_checkpoint_loads_for_sampling(tmp_path):
+    dist = init_distributed("cpu")
+    recipe = _recipe(tmp_path, "learn", steps=60, global_batch=32, micro_batch=32)
+    recipe.optimizer.lr = 3e-3
+    result = Trainer(recipe, dist).fit()
+    losses = _losses(result.run_dir)
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:5]) / 5
+    run = load_run(result.run_dir, torch.device("cpu"))
+    assert run.step == 60 and not run.model.training
+    from imdm.build import sampler_settings
+    out = run.algorithm.sample(run.model, sampler_settings(run.recipe, 4), torch.arange(5), 6)
+    assert out.tokens.shape == (5, 6) and int(out.tokens.max()) < 16
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
+    dist = init_distributed("cpu")
+    result = Trainer(_recipe(tmp_path, "corrupt", steps=1), dist).fit()
+    ckpt = latest_checkpoint(result.run_dir / "checkpoints")
+    for f in ckpt.glob("*.distcp"):
+        f.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot load checkpoint"):
+        load_run(result.run_dir, torch.device("cpu"))
+    shutil.rmtree(result.run_dir / "checkpoints")
+    with pytest.raises(CheckpointError, match="has no complete checkpoint"):
+        load_run(result.run_dir, torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        load_run(tmp_path / "nothing", torch.device("cpu"))
