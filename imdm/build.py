@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from imdm.algorithms.masked_diffusion import MaskedDiffusion
@@ -15,9 +17,36 @@ from imdm.sampling.ancestral import SamplerSettings
 STREAM_INIT = 11
 
 
-def build_dataset(recipe: Recipe) -> SyntheticRepeat:
+def build_dataset(recipe: Recipe, split: str = "train", is_main: bool = True):
+    """The recipe's data split: the synthetic task, or packed text sequences (anything with
+    __len__, seq_len, mask_id, model_vocab and rows(index) -> (tokens, valid))."""
     d = recipe.data
-    return SyntheticRepeat(d.vocab_size, d.seq_len, d.num_sequences, d.seed)
+    if d.source == "synthetic":
+        return SyntheticRepeat(d.vocab_size, d.seq_len, d.num_sequences, d.seed)
+    from imdm.data.text_dataset import open_text_dataset
+    return open_text_dataset(recipe, split, is_main)
+
+
+def has_validation_split(recipe: Recipe) -> bool:
+    d = recipe.data
+    return d.source in ("synthetic", "hub") or (d.source == "local" and d.holdout_documents > 0)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What the model and sampler need of the data: outputs, mask id, and a decoder for text."""
+    model_vocab: int
+    mask_id: int
+    tokenizer: object | None = None
+
+
+def build_vocabulary(recipe: Recipe) -> Vocabulary:
+    d = recipe.data
+    if d.source == "synthetic":
+        return Vocabulary(d.vocab_size + 1, d.vocab_size)
+    from imdm.data.tokenizer import load_tokenizer
+    tok = load_tokenizer(recipe.tokenizer.kind, recipe.tokenizer.path)
+    return Vocabulary(tok.vocab_size, tok.mask_id, tok)
 
 
 def model_config(recipe: Recipe, vocab_size: int, mask_id: int) -> DiTConfig:

@@ -57,9 +57,11 @@ def cmd_sample(args) -> int:
     settings = sampler_settings(run.recipe, args.steps or s.steps[-1])
     seeds = torch.arange(args.num_samples, dtype=torch.int64) + s.seed * 1_000_003
     result = run.algorithm.sample(run.model, settings, seeds.to(run.model.token_embed.device),
-                                  run.dataset.seq_len)
+                                  run.recipe.data.seq_len)
     out = {"run_dir": str(args.run_dir), "step": run.step, "steps": settings.steps, "nfe": result.nfe,
            "samples": result.tokens.cpu().tolist()}
+    if run.vocab.tokenizer is not None:
+        out["text"] = [run.vocab.tokenizer.decode(ids) for ids in out["samples"]]
     text = json.dumps(out)
     if args.out:
         with open(args.out, "w") as f:
@@ -76,10 +78,18 @@ def cmd_eval(args) -> int:
     from imdm.run_loading import load_run
     device = _device(args.device)
     run = load_run(args.run_dir, device, args.overrides)
-    rows = [{"method": run.recipe.algorithm.name, "num_samples": run.recipe.sampling.num_samples, **row}
-            for row in evaluate_synthetic(run.recipe, run.model, run.algorithm, run.dataset, device)]
+    if run.recipe.data.source == "synthetic":
+        rows = [{"method": run.recipe.algorithm.name, "num_samples": run.recipe.sampling.num_samples, **row}
+                for row in evaluate_synthetic(run.recipe, run.model, run.algorithm, device)]
+        table = format_table(rows, run.recipe.data.vocab_size, run.recipe.data.seq_len)
+    else:
+        from imdm.eval.perplexity import evaluate_text
+        rows = evaluate_text(run.recipe, run.model, run.algorithm, device)
+        table = "\n".join([f"{'set':<14}{'sequences':>10}{'tokens':>10}{'nelbo':>9}{'ppl <=':>12}"] +
+                          [f"{r['set']:<14}{r['sequences']:>10}{r['tokens']:>10}{r['nelbo']:>9.4f}{r['ppl']:>12.2f}"
+                           for r in rows])
     (Path(args.run_dir) / "eval.json").write_text(json.dumps({"step": run.step, "rows": rows}, indent=1))
-    print(format_table(rows, run.dataset.vocab_size, run.dataset.seq_len))
+    print(table)
     return 0
 
 
@@ -111,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="write JSON here instead of stdout")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("eval", help="validity and coverage of a synthetic-task run at sampling.steps")
+    p = sub.add_parser("eval", help="synthetic: validity/coverage at sampling.steps; text: perplexity bounds")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", metavar="sampling.KEY=VALUE")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -134,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
+        from imdm.data.local_text import DataSourceError
+        from imdm.data.tokenizer import TokenizerError
         from imdm.train.checkpoint import CheckpointError
-        if isinstance(err, CheckpointError):
+        if isinstance(err, (CheckpointError, DataSourceError, TokenizerError)):
             print(f"error: {err}", file=sys.stderr)
             return 2
         raise

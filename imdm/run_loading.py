@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from imdm.algorithms.masked_diffusion import MaskedDiffusion
-from imdm.build import build_algorithm, build_dataset, build_model
+from imdm.build import Vocabulary, build_algorithm, build_model, build_vocabulary
 from imdm.recipe import Recipe
 from imdm.recipe.loader import load_recipe
 from imdm.train.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, load_checkpoint
@@ -19,7 +19,7 @@ from imdm.train.ema import EMA
 @dataclass
 class LoadedRun:
     recipe: Recipe
-    dataset: object
+    vocab: Vocabulary
     model: torch.nn.Module
     algorithm: MaskedDiffusion
     step: int
@@ -39,11 +39,11 @@ def load_run(run_dir: str | Path, device: torch.device, overrides=()) -> LoadedR
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise CheckpointError(f"{run_dir} has no complete checkpoint yet")
-    dataset = build_dataset(recipe)
-    model = build_model(recipe, dataset.model_vocab, dataset.mask_id, device)
+    vocab = build_vocabulary(recipe)
+    model = build_model(recipe, vocab.model_vocab, vocab.mask_id, device)
     ema = EMA(model, recipe.train.ema_decay)
     state = load_checkpoint(ckpt, {"ema": ema.state_dict()})
     ema.load_state_dict(state["ema"])
     ema.copy_to(model)
-    return LoadedRun(recipe, dataset, model.eval(), build_algorithm(recipe, dataset.mask_id),
+    return LoadedRun(recipe, vocab, model.eval(), build_algorithm(recipe, vocab.mask_id),
                      checkpoint_step(ckpt), ckpt)

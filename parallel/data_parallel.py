@@ -28,3 +28,10 @@ def sum_gradients(model: nn.Module) -> None:
     for g in grads:
         g.copy_(flat[offset: offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def scale_gradients(model: nn.Module, factor: torch.Tensor | float) -> None:
+    """grad <- grad * factor (a device scalar is fine: no host sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if grads:
+        torch._foreach_mul_(grads, factor)

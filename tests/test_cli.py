@@ -52,3 +52,31 @@ def test_train_rejects_bad_override_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "x").exists()
     missing = _imdm("sample", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert missing.returncode == 2 and "not a run directory" in missing.stderr
+
+
+TINY_TEXT = ["model.size=custom", "model.d_model=32", "model.n_blocks=1", "model.n_heads=2",
+             "data.paths=[\"../shared/data/corpus/tinyshakespeare/input.txt\"]", "data.documents=paragraph",
+             "data.holdout_documents=50", "data.seq_len=64", "data.num_workers=0", "train.steps=3",
+             "train.global_batch=4", "train.micro_batch=2", "train.eval_every=0", "train.eval_batches=1",
+             "eval.max_batches=1", "eval.batch=4", "checkpoint.every_steps=0", "logging.progress=false"]
+
+
+@pytest.mark.timeout(300)
+def test_text_run_trains_evaluates_and_samples(tmp_path, repo_root):
+    import os
+    if not os.path.isdir(os.path.join(repo_root, "..", "shared", "data")):
+        pytest.skip("needs ../shared/data beside the checkout")
+    common = [*TINY_TEXT, f"run.output_dir={tmp_path}", f"data.store_dir={tmp_path / 'cache'}"]
+    train = _imdm("train", "recipes/local_gpt2.toml", *common, cwd=repo_root)
+    assert train.returncode == 0, train.stderr[-3000:]
+    run_dir = tmp_path / "local-gpt2-imdm"
+    ev = _imdm("eval", str(run_dir), cwd=repo_root)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    rows = {r["set"]: r for r in json.loads((run_dir / "eval.json").read_text())["rows"]}
+    assert set(rows) == {"validation", "wikitext2", "ptb", "lambada"}
+    for r in rows.values():
+        assert r["tokens"] > 0 and 1.0 < r["ppl"] < 1e6     # an untrained bound sits near V = 50258
+    sample = _imdm("sample", str(run_dir), "--steps", "2", "--num-samples", "2", cwd=repo_root)
+    assert sample.returncode == 0, sample.stderr
+    payload = json.loads(sample.stdout)
+    assert len(payload["text"]) == 2 and all(isinstance(t, str) for t in payload["text"])

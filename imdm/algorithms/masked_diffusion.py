@@ -35,10 +35,11 @@ class MaskedDiffusion:
         return mask_noise(seeds, seq_len, cfg.noise_width, cfg.noise_dist, generation)
 
     def loss(self, model: DiT, x0: torch.Tensor, global_index: torch.Tensor, global_batch: int,
-             step: int, seed: int | None = None) -> torch.Tensor:
+             step: int, seed: int | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Sum over this micro-batch of the per-token NELBO terms (a 0-dim float32 tensor).
         Divide by the global batch's valid-token count for the training loss. `global_index`
-        numbers these sequences in the global batch; t and masks derive from (seed, step, index)."""
+        numbers these sequences in the global batch; t and masks derive from (seed, step, index).
+        `valid` [B, L] marks real tokens (padding is fed to the model but never scored)."""
         seed = self.seed if seed is None else seed
         device = x0.device
         t = training_times(seed, step, global_batch, self.antithetic)[global_index.cpu()]
@@ -47,7 +48,8 @@ class MaskedDiffusion:
         masked = mask_positions(seeds, x0.shape[1], 1 - self.schedule.alpha(t))
         z = apply_mask(x0, masked, self.mask_id)
         h = model.features(z, self.noise(model, seeds, x0.shape[1]), self.schedule.sigma(t))
-        rows_b, rows_l = torch.nonzero(masked, as_tuple=True)
+        scored = masked if valid is None else masked & valid
+        rows_b, rows_l = torch.nonzero(scored, as_tuple=True)
         logits = model.head.logits(h[rows_b, rows_l])
         log_probs = masked_log_probs(logits, self.mask_id)
         weight = self.schedule.loss_weight(t)[rows_b]

@@ -33,6 +33,11 @@ class SyntheticRepeat:
         c = rng.hash32(self.seed, index.to(torch.int64), STREAM_SYNTHETIC) % self.vocab_size
         return c[:, None].expand(-1, self.seq_len).contiguous()
 
+    def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, valid) like a text store; every position is valid."""
+        tokens = self.tokens(index)
+        return tokens, torch.ones_like(tokens, dtype=torch.bool)
+
 
 def validity(samples: torch.Tensor) -> torch.Tensor:
     """Bool [B]: all L tokens of the sequence are equal."""

@@ -6,14 +6,14 @@ import torch
 
 from imdm.algorithms.masked_diffusion import MaskedDiffusion
 from imdm.build import sampler_settings
-from imdm.data.synthetic import SyntheticRepeat, synthetic_metrics
+from imdm.data.synthetic import synthetic_metrics
 from imdm.recipe import Recipe
 
 STREAM_EVAL_SAMPLES = 17
 
 
 def evaluate_synthetic(recipe: Recipe, model: torch.nn.Module, algorithm: MaskedDiffusion,
-                       dataset: SyntheticRepeat, device: torch.device) -> list[dict]:
+                       device: torch.device) -> list[dict]:
     """One row per step count of `sampling.steps`: steps, nfe, validity, coverage."""
     s = recipe.sampling
     rows = []
@@ -23,9 +23,9 @@ def evaluate_synthetic(recipe: Recipe, model: torch.nn.Module, algorithm: Masked
         for start in range(0, s.num_samples, s.batch):
             index = torch.arange(start, start + s.batch, dtype=torch.int64)
             seeds = (s.seed * 1_000_003 + STREAM_EVAL_SAMPLES) * 65_536 + index
-            result = algorithm.sample(model, settings, seeds.to(device), dataset.seq_len)
+            result = algorithm.sample(model, settings, seeds.to(device), recipe.data.seq_len)
             samples.append(result.tokens.cpu())
             nfe += result.nfe
-        metrics = synthetic_metrics(torch.cat(samples), dataset.vocab_size)
+        metrics = synthetic_metrics(torch.cat(samples), recipe.data.vocab_size)
         rows.append({"steps": steps, "nfe": nfe / (s.num_samples // s.batch), **metrics})
     return rows

@@ -67,13 +67,46 @@ class AlgorithmSection:
     antithetic: bool = spec(True, doc="stratify t over the global batch")
 
 
+HUB_SET_NAMES = ("openwebtext", "lm1b", "wikitext2", "wikitext103", "ptb", "lambada", "ag_news",
+                 "scientific_papers_arxiv", "scientific_papers_pubmed")
+DETOKENIZER_NAMES = ("auto", "none", "wikitext", "ptb", "lm1b", "lambada", "scientific_papers")
+
+
 @dataclass
 class DataSection:
-    source: str = spec("synthetic", choices=("synthetic",), doc="data source")
+    source: str = spec("synthetic", choices=("synthetic", "local", "hub", "store"),
+                       doc="synthetic task, local text files, a Hugging Face dataset, or a prepared token store")
+    seq_len: int = spec(8, gt=1, doc="L, tokens per sequence")
     vocab_size: int = spec(64, gt=1, doc="synthetic: number of real tokens (mask appended)")
-    seq_len: int = spec(8, gt=1, doc="L")
     num_sequences: int = spec(100_000, gt=0, doc="synthetic: size of the training set")
-    seed: int = spec(0, ge=0, doc="seed of the generated data")
+    seed: int = spec(0, ge=0, doc="synthetic: seed of the generated data; all sources: seed of the order")
+    paths: list[str] = spec(factory=list, doc="local: files or globs (.txt .xz .gz .zip .jsonl)")
+    documents: str = spec("file", choices=("file", "paragraph", "line", "stripped_line"),
+                          doc="local: how a text file splits into documents")
+    jsonl_field: str = spec("text", doc="local: the field of a .jsonl line holding the text")
+    holdout_documents: int = spec(0, ge=0, doc="local: the last N documents form the validation split")
+    dataset: str = spec("openwebtext", choices=HUB_SET_NAMES, doc="hub: which named dataset")
+    hub_location: str = spec("", doc="hub: load from this saved copy / path instead of the hub")
+    split: str = spec("train", choices=("train", "validation", "test"), doc="split used for training")
+    detokenizer: str = spec("auto", choices=DETOKENIZER_NAMES, doc="auto = the dataset's own (none for local)")
+    packing: str = spec("wrap", choices=("wrap", "pad"), doc="wrap: BOS+chunk+EOS; pad: one document per row")
+    store: str = spec("", doc="store: path of a prepared token store (its manifest must match)")
+    store_dir: str = spec("data_cache", doc="where prepared token stores live")
+    num_workers: int = spec(0, ge=0, doc="data-loader worker processes per rank")
+
+
+@dataclass
+class TokenizerSection:
+    kind: str = spec("gpt2", choices=("gpt2", "bert", "sentencepiece"), doc="text sources only")
+    path: str = spec("../shared/data/tokenizers/gpt2", doc="folder, .model file, or hub repo id")
+
+
+@dataclass
+class EvalSection:
+    sets: list[str] = spec(factory=list, doc="zero-shot sets for imdm eval: wikitext2, ptb, lambada, ...")
+    local_root: str = spec("../shared/data", doc="where local copies of the evaluation sets live")
+    batch: int = spec(16, gt=0, doc="sequences per evaluation batch")
+    max_batches: int = spec(0, ge=0, doc="cap per set (0 = the whole set)")
 
 
 @dataclass
@@ -139,6 +172,7 @@ class LoggingSection:
 
 SECTIONS: dict[str, type] = {
     "run": RunSection, "model": ModelSection, "algorithm": AlgorithmSection, "data": DataSection,
+    "tokenizer": TokenizerSection, "eval": EvalSection,
     "optimizer": OptimizerSection, "schedule": ScheduleSection, "train": TrainSection,
     "parallelism": ParallelismSection, "checkpoint": CheckpointSection,
     "sampling": SamplingSection, "logging": LoggingSection,
@@ -151,6 +185,8 @@ class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     algorithm: AlgorithmSection = field(default_factory=AlgorithmSection)
     data: DataSection = field(default_factory=DataSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
@@ -184,6 +220,24 @@ class Recipe:
         if self.sampling.num_samples % self.sampling.batch != 0:
             problems.append(f"sampling.num_samples: {self.sampling.num_samples} is not a multiple of "
                             f"sampling.batch ({self.sampling.batch})")
+        problems += self._data_checks()
         if self.algorithm.name == "mdlm" and self.sampling.posterior == "imdm":
             problems.append("sampling.posterior: 'imdm' needs mask states; algorithm.name is 'mdlm'")
+        return problems
+
+    def _data_checks(self) -> list[str]:
+        d, problems = self.data, []
+        if d.source == "local" and not d.paths:
+            problems.append("data.paths: a local source needs at least one file or glob")
+        if d.source == "store" and not d.store:
+            problems.append("data.store: a store source needs the path of a prepared token store")
+        if d.source != "synthetic" and d.seq_len < 3:
+            problems.append(f"data.seq_len: text sequences need room for BOS and EOS, got {d.seq_len}")
+        if d.source == "local" and d.split != "train" and d.holdout_documents == 0:
+            problems.append(f"data.split: '{d.split}' of a local source needs data.holdout_documents > 0")
+        unknown = [s for s in self.eval.sets if s not in HUB_SET_NAMES]
+        if unknown:
+            problems.append(f"eval.sets: unknown {unknown}; known: {', '.join(HUB_SET_NAMES)}")
+        if self.eval.sets and d.source == "synthetic":
+            problems.append("eval.sets: zero-shot text sets need a text model, not the synthetic source")
         return problems
