@@ -70,7 +70,7 @@ def test_mask_state_only_enters_at_mask_positions():
     tokens = torch.randint(0, 36, (2, 9))
     noise = torch.rand(2, 9, 8)
     other = torch.rand(2, 9, 8)
-    assert torch.equal(model.features(tokens, noise), model.features(tokens, other))  # no mask: no effect
+    assert torch.equal(model(tokens, noise), model(tokens, other))  # no mask position: no effect
 
 
 @pytest.mark.parametrize("kind,num_masks", [("randn", 0), ("learnable", 0), ("rand", 3)])

@@ -47,10 +47,9 @@ class MaskedDiffusion:
         seeds = sample_seeds(seed, step, global_index.cpu()).to(device)
         masked = mask_positions(seeds, x0.shape[1], 1 - self.schedule.alpha(t))
         z = apply_mask(x0, masked, self.mask_id)
-        h = model.features(z, self.noise(model, seeds, x0.shape[1]), self.schedule.sigma(t))
         scored = masked if valid is None else masked & valid
         rows_b, rows_l = torch.nonzero(scored, as_tuple=True)
-        logits = model.head.logits(h[rows_b, rows_l])
+        logits = model(z, self.noise(model, seeds, x0.shape[1]), self.schedule.sigma(t), select=(rows_b, rows_l))
         log_probs = masked_log_probs(logits, self.mask_id)
         weight = self.schedule.loss_weight(t)[rows_b]
         return masked_nelbo_terms(log_probs, x0[rows_b, rows_l], weight).sum()

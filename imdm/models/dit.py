@@ -69,12 +69,16 @@ class OutputHead(nn.Module):
         for p in (self.adaLN.weight, self.adaLN.bias, self.linear.weight, self.linear.bias):
             nn.init.zeros_(p)
 
-    def features(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, select=None) -> torch.Tensor:
+        """Logits [B, L, V], or [N, V] at the positions `select` = (batch_idx, pos_idx)."""
         shift, scale = self.adaLN(c)[:, None].chunk(2, dim=2)
-        return modulate(self.norm(x), shift, scale)
-
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.linear(h)[..., : self.vocab_size]
+        h = modulate(self.norm(x), shift, scale)
+        if select is not None:
+            h = h[select]
+        logits = self.linear(h)
+        if self.linear.out_features == self.vocab_size:
+            return logits
+        return logits[..., : self.vocab_size].contiguous()   # a copy: FSDP2 must not return a view
 
 
 class DiT(nn.Module):
@@ -88,11 +92,13 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.n_blocks))
         self.head = OutputHead(cfg)
 
-    def features(self, tokens: torch.Tensor, noise: torch.Tensor | None = None,
-                 sigma: torch.Tensor | None = None) -> torch.Tensor:
-        """Modulated final hidden states [B, L, d]; `noise` is the mask-state base noise
-        [B, L, noise_width] (required for IMDM), `sigma` the noise level (time-conditioned only)."""
-        x = F.embedding(tokens, self.token_embed)
+    def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None,
+                sigma: torch.Tensor | None = None, select=None) -> torch.Tensor:
+        """Logits before SUBS: [B, L, V], or [N, V] at `select` = (batch_idx, pos_idx) (the loss
+        scores masked rows only, so the head never sees the rest). `noise` is the mask-state
+        base noise [B, L, noise_width] (required for IMDM), `sigma` the noise level
+        (time-conditioned models only)."""
+        x = F.embedding(tokens, self.token_embed).float()   # residual stream in float32
         if self.mask_state is not None:
             if noise is None:
                 raise ValueError("this model has mask states (IMDM): pass the mask-state noise")
@@ -104,12 +110,7 @@ class DiT(nn.Module):
         cos, sin = rotary_tables(tokens.shape[1], self.cfg.d_model // self.cfg.n_heads, tokens.device)
         for block in self.blocks:
             x = block(x, c, cos, sin)
-        return self.head.features(x, c)
-
-    def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None,
-                sigma: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, L, V] (before SUBS)."""
-        return self.head.logits(self.features(tokens, noise, sigma))
+        return self.head(x, c, select)
 
 
 def count_parameters(model: nn.Module) -> int:

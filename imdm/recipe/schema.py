@@ -136,11 +136,20 @@ class TrainSection:
     device: str = spec("auto", choices=("auto", "cpu", "cuda"), doc="auto = the GPU when there is one")
     eval_every: int = spec(0, ge=0, doc="validation NELBO every N steps (0 = end only)")
     eval_batches: int = spec(4, gt=0, doc="micro-batches of the validation NELBO")
+    nonfinite: str = spec("skip", choices=("skip", "stop"), doc="a non-finite loss skips the step, or stops")
+    max_nonfinite: int = spec(3, gt=0, doc="stop after this many non-finite steps in a row")
 
 
 @dataclass
 class ParallelismSection:
     data_parallel: int = spec(0, ge=0, doc="data-parallel ranks (0 = the launcher's world size)")
+    replicate: int = spec(1, gt=0, doc="HSDP replicas (e.g. nodes); FSDP shards over world / replicate ranks")
+    reshard_after_forward: bool = spec(True, doc="FSDP2: free gathered parameters after each forward")
+    param_dtype: str = spec("bf16", choices=("bf16", "fp32"), doc="FSDP2: dtype parameters are gathered in")
+    activation_checkpointing: str = spec("none", choices=("none", "selective", "full"),
+                                         doc="recompute blocks in backward: none, every ac_every-th, all")
+    ac_every: int = spec(2, gt=0, doc="selective checkpointing: every N-th block")
+    compile: str = spec("auto", choices=("auto", "on", "off"), doc="per-block torch.compile (auto = on GPU)")
 
 
 @dataclass
@@ -148,6 +157,8 @@ class CheckpointSection:
     every_steps: int = spec(0, ge=0, doc="save every N steps (0 = at the end only)")
     keep_last: int = spec(2, gt=0, doc="complete checkpoints kept")
     resume: bool = spec(True, doc="continue from the newest complete checkpoint of the run")
+    async_save: bool = spec(False, doc="write checkpoints in the background (the loop stalls only to stage)")
+    seed_checkpoint: bool = spec(False, doc="save step 0 before training (identical start for any layout)")
 
 
 @dataclass
@@ -168,6 +179,7 @@ class SamplingSection:
 class LoggingSection:
     every_steps: int = spec(50, gt=0, doc="metrics line every N steps")
     progress: bool = spec(True, doc="console progress line")
+    tensorboard: bool = spec(False, doc="also write TensorBoard events to RUN_DIR/tb (needs tensorboard)")
 
 
 SECTIONS: dict[str, type] = {
@@ -209,6 +221,9 @@ class Recipe:
         if world_size is not None and self.parallelism.data_parallel not in (0, world_size):
             problems.append(f"parallelism.data_parallel: recipe says {self.parallelism.data_parallel} "
                             f"but the launcher started {world_size} ranks")
+        if dp % self.parallelism.replicate != 0:
+            problems.append(f"parallelism.replicate: {self.parallelism.replicate} does not divide the "
+                            f"data-parallel size {dp}")
         if self.train.global_batch % (self.train.micro_batch * dp) != 0:
             problems.append(f"train.global_batch: {self.train.global_batch} is not divisible by "
                             f"train.micro_batch ({self.train.micro_batch}) x data-parallel size ({dp})")

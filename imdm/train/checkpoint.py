@@ -47,28 +47,64 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(folder: Path, step: int, state: dict, recipe_toml: str, is_main: bool,
-                    keep_last: int) -> Path:
-    """Write `state` (nested dicts of tensors and plain values) for `step`; every rank calls it."""
-    final = folder / f"step_{step:08d}"
-    partial = folder / f".partial-step_{step:08d}"
-    if is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        if partial.exists():
-            shutil.rmtree(partial)
-    barrier()
-    _quiet(dcp.save, state, checkpoint_id=str(partial))
-    barrier()
-    if is_main:
-        (partial / "recipe.toml").write_text(recipe_toml)
-        (partial / META).write_text(json.dumps({"step": step, "saved_at": time.time()}))
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
-        for old in complete_checkpoints(folder)[:-keep_last]:
-            shutil.rmtree(old)
-    barrier()
-    return final
+def _finalize(partial: Path, final: Path, folder: Path, step: int, recipe_toml: str, keep_last: int) -> None:
+    (partial / "recipe.toml").write_text(recipe_toml)
+    (partial / META).write_text(json.dumps({"step": step, "saved_at": time.time()}))
+    if final.exists():
+        shutil.rmtree(final)
+    partial.rename(final)
+    for old in complete_checkpoints(folder)[:-keep_last]:
+        shutil.rmtree(old)
+
+
+class CheckpointManager:
+    """Saves every rank's share of the state for a step; the main rank renames the folder once
+    the save is complete. With `async_save` the loop only waits for staging to host memory; the
+    write finishes in the background and is finalised at the next save, `poll` or `close`."""
+
+    def __init__(self, folder: Path, keep_last: int, is_main: bool, async_save: bool = False,
+                 process_group=None):
+        self.folder, self.keep_last, self.is_main = folder, keep_last, is_main
+        self.async_save, self.process_group = async_save, process_group
+        self._pending = None          # (future, partial, final, step, recipe_toml)
+
+    def save(self, step: int, state: dict, recipe_toml: str) -> float:
+        """Start (async) or do (sync) the save of `state` for `step`; returns seconds the caller waited."""
+        start = time.perf_counter()
+        self.wait()
+        final, partial = self.folder / f"step_{step:08d}", self.folder / f".partial-step_{step:08d}"
+        if self.is_main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if partial.exists():
+                shutil.rmtree(partial)
+        barrier()
+        if self.async_save:
+            future = _quiet(dcp.async_save, state, checkpoint_id=str(partial), process_group=self.process_group)
+            self._pending = (future, partial, final, step, recipe_toml)
+        else:
+            _quiet(dcp.save, state, checkpoint_id=str(partial))
+            barrier()
+            if self.is_main:
+                _finalize(partial, final, self.folder, step, recipe_toml, self.keep_last)
+            barrier()
+        return time.perf_counter() - start
+
+    def poll(self) -> None:
+        """Finalise a background save that has finished (never blocks)."""
+        if self._pending is not None and self._pending[0].done():
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until a background save is written and finalised."""
+        if self._pending is None:
+            return
+        future, partial, final, step, recipe_toml = self._pending
+        self._pending = None
+        future.result()
+        if self.is_main:
+            _finalize(partial, final, self.folder, step, recipe_toml, self.keep_last)
+
+    close = wait
 
 
 def load_checkpoint(path: Path, state: dict) -> dict:

@@ -7,11 +7,27 @@ import torch
 from torch import nn
 
 
+WRAPPER_PARTS = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_name(name: str) -> str:
+    """A parameter's name without activation-checkpointing / compile wrapper parts."""
+    for part in WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def named_parameters(model: nn.Module) -> dict:
+    return {clean_name(n): p for n, p in model.named_parameters()}
+
+
 class EMA:
+    """Shadows have the parameters' layout (sharded DTensors under FSDP2)."""
+
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.num_updates = 0
-        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+        self.shadow = {n: p.detach().float().clone() for n, p in named_parameters(model).items()}
 
     def current_decay(self) -> float:
         n = self.num_updates
@@ -21,15 +37,18 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         weight = 1.0 - self.current_decay()
         names = list(self.shadow)
-        params = dict(model.named_parameters())
+        params = named_parameters(model)
         torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach().float() for n in names], weight)
         self.num_updates += 1
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Load the averaged weights into `model` (same architecture)."""
-        for name, p in model.named_parameters():
-            p.copy_(self.shadow[name].to(p.dtype))
+        for name, p in named_parameters(model).items():
+            shadow = self.shadow[name]
+            if hasattr(shadow, "full_tensor") and not hasattr(p, "full_tensor"):
+                shadow = shadow.full_tensor()
+            p.copy_(shadow.to(p.dtype))
 
     def state_dict(self) -> dict:
         return {"params": self.shadow, "num_updates": self.num_updates}

@@ -12,9 +12,11 @@ from imdm.recipe.loader import tomllib
 from imdm.recipe.writer import recipe_to_toml
 
 # Keys that may differ between a run directory's recipe and a resumed run's recipe.
-RESUMABLE_CHANGES = {"train.steps", "train.eval_every", "train.eval_batches", "checkpoint.every_steps",
-                     "checkpoint.keep_last", "checkpoint.resume"}
-RESUMABLE_SECTIONS = {"logging", "sampling"}
+RESUMABLE_CHANGES = {"train.steps", "train.eval_every", "train.eval_batches", "train.micro_batch",
+                     "train.nonfinite", "train.max_nonfinite", "data.num_workers", "checkpoint.every_steps",
+                     "checkpoint.keep_last", "checkpoint.resume", "checkpoint.async_save",
+                     "checkpoint.seed_checkpoint", "train.device"}
+RESUMABLE_SECTIONS = {"logging", "sampling", "parallelism", "eval"}
 
 
 def _flat(text: str) -> dict:

@@ -1,7 +1,8 @@
-"""The training loop: global-batch semantics over data-parallel ranks and micro-batches,
-AdamW with warm-up, gradient clipping, EMA, bf16 autocast on GPU, atomic DCP checkpoints and
-exact resume (every random number derives from (seed, step, index); the data loader's
-position is saved per rank)."""
+"""The training loop: global-batch semantics over data-parallel ranks and micro-batches (each
+rank's loss sum is divided by the global valid-token count before backward), AdamW
+with warm-up, clipping, EMA sharded like the parameters, bf16 autocast on GPU, FSDP2/HSDP,
+atomic (optionally asynchronous) DCP checkpoints with exact resume, SIGTERM and non-finite
+policies, and metrics (tokens/s, MFU, memory, data-wait share)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,16 @@ from imdm import rng
 from imdm.build import build_algorithm, build_dataset, build_model, has_validation_split
 from imdm.data.loader import make_loader
 from imdm.data.order import GlobalBatchOrder
-from imdm.parallel.data_parallel import broadcast_parameters, scale_gradients, sum_gradients
-from imdm.parallel.distributed import DistInfo, all_reduce_sum
+from imdm.parallel.distributed import DistInfo, all_reduce_max, all_reduce_sum, checkpoint_group
 from imdm.recipe import Recipe
 from imdm.recipe.writer import recipe_to_toml
-from imdm.train.checkpoint import checkpoint_step, latest_checkpoint, load_checkpoint, save_checkpoint
+from imdm.train.checkpoint import CheckpointManager, checkpoint_step, latest_checkpoint, load_checkpoint
 from imdm.train.ema import EMA
+from imdm.train.faults import NonFinitePolicy, StopRequest, maybe_inject_failure
+from imdm.train.flops import device_peak_flops, flops_per_token
 from imdm.train.lr import lr_factor
 from imdm.train.metrics import MetricsLog
+from imdm.train.parallelize import training_model
 from imdm.train.run_dir import prepare_run_dir
 
 STREAM_DROPOUT = 13
@@ -37,6 +40,7 @@ class TrainResult:
     step: int
     last_loss: float
     val_nelbo: float
+    stopped_early: bool = False
 
 
 def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
@@ -46,14 +50,17 @@ def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, dist: DistInfo):
         self.recipe, self.dist = recipe, dist
         self.device = dist.device
         self.run_dir = Path(recipe.run.output_dir) / recipe.run.name
         self.dataset = build_dataset(recipe, recipe.data.split, dist.is_main)
-        self.model = build_model(recipe, self.dataset.model_vocab, self.dataset.mask_id, self.device)
-        broadcast_parameters(self.model)
+        self.model = training_model(recipe, self.dataset.model_vocab, self.dataset.mask_id, dist)
         self.algorithm = build_algorithm(recipe, self.dataset.mask_id)
         o = recipe.optimizer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
@@ -64,30 +71,44 @@ class Trainer:
                                   recipe.data.num_workers)
         self.micro_per_step = recipe.train.global_batch // (recipe.train.micro_batch * dist.world_size)
         self.amp_dtype = autocast_dtype(recipe, self.device)
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", recipe.checkpoint.keep_last, dist.is_main,
+                                             recipe.checkpoint.async_save, checkpoint_group(dist))
+        self.nonfinite = NonFinitePolicy(recipe.train.nonfinite, recipe.train.max_nonfinite)
+        self.stop = StopRequest()
         self.step = 0
         self._batches = None
 
     # -- state ---------------------------------------------------------------------------
-    def state(self) -> dict:
+    def state(self, include_data: bool = True) -> dict:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        return {"model": model_sd, "optim": optim_sd, "ema": self.ema.state_dict(),
-                "progress": {"step": self.step}, "data": {f"rank_{self.dist.rank}": self.loader.state_dict()}}
+        state = {"model": model_sd, "optim": optim_sd, "ema": self.ema.state_dict(),
+                 "progress": {"step": self.step, "world_size": self.dist.world_size,
+                              "micro_batch": self.recipe.train.micro_batch}}
+        if include_data:
+            state["data"] = {f"rank_{self.dist.rank}": self.loader.state_dict()}
+        return state
 
-    def restore(self, path: Path) -> None:
-        state = load_checkpoint(path, self.state())
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
+    def restore(self, path: Path) -> str:
+        """Load a checkpoint; with another layout (world size, micro-batch) the parameters,
+        optimizer and EMA are resharded and the data position is rebuilt from the step."""
+        saved = load_checkpoint(path, {"progress": {"step": 0, "world_size": 0, "micro_batch": 0}})["progress"]
+        same_layout = (saved["world_size"], saved["micro_batch"]) == (self.dist.world_size, self.recipe.train.micro_batch)
+        state = load_checkpoint(path, self.state(include_data=same_layout))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self.ema.load_state_dict(state["ema"])
-        self.loader.load_state_dict(state["data"][f"rank_{self.dist.rank}"])
-        self._batches = None
         self.step = int(state["progress"]["step"])
         if self.step != checkpoint_step(path):
             raise RuntimeError(f"{path}: meta step {checkpoint_step(path)} != stored step {self.step}")
+        if same_layout:
+            self.loader.load_state_dict(state["data"][f"rank_{self.dist.rank}"])
+        else:
+            self.loader.batch_sampler.position = self.step * self.micro_per_step
+        self._batches = None
+        return "" if same_layout else (f"resharded from {saved['world_size']} ranks x micro-batch "
+                                       f"{saved['micro_batch']} to {self.dist.world_size} x {self.recipe.train.micro_batch}")
 
-    def save(self) -> Path:
-        return save_checkpoint(self.run_dir / "checkpoints", self.step, self.state(),
-                               recipe_to_toml(self.recipe), self.dist.is_main,
-                               self.recipe.checkpoint.keep_last)
+    def save(self) -> float:
+        return self.checkpoints.save(self.step, self.state(), recipe_to_toml(self.recipe))
 
     # -- steps ---------------------------------------------------------------------------
     def _autocast(self):
@@ -111,34 +132,33 @@ class Trainer:
         """One optimizer step over the global batch: (global mean loss as a device tensor,
         seconds spent waiting for data)."""
         r = self.recipe
-        factor = lr_factor(self.step, r.schedule.warmup_steps, r.train.steps, r.schedule.decay,
-                           r.schedule.min_lr_ratio)
+        maybe_inject_failure(self.step, self.dist.rank)
+        factor = lr_factor(self.step, r.schedule.warmup_steps, r.train.steps, r.schedule.decay, r.schedule.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = r.optimizer.lr * factor
+        tick = time.perf_counter()
+        batches = [self._next_batch() for _ in range(self.micro_per_step)]
+        waited = time.perf_counter() - tick
+        valid = [b["valid"].to(self.device, non_blocking=True) for b in batches]
+        count = all_reduce_sum(torch.stack([v.sum() for v in valid]).sum().float())
         total = torch.zeros((), device=self.device)
-        count = torch.zeros((), device=self.device)
-        waited = 0.0
-        for _ in range(self.micro_per_step):
-            tick = time.perf_counter()
-            batch = self._next_batch()
-            waited += time.perf_counter() - tick
+        for batch, mask in zip(batches, valid):
             x0 = batch["tokens"].to(self.device, non_blocking=True)
-            valid = batch["valid"].to(self.device, non_blocking=True)
             self._seed_dropout(int(batch["global_index"][0]))
             with self._autocast():
                 loss_sum = self.algorithm.loss(self.model, x0, batch["global_index"], r.train.global_batch,
-                                               self.step, valid=valid)
-            loss_sum.backward()
+                                               self.step, valid=mask)
+            (loss_sum * (self.dist.world_size / count)).backward()   # FSDP averages over ranks
             total += loss_sum.detach()
-            count += valid.sum()
-        all_reduce_sum(count)
-        sum_gradients(self.model)
-        scale_gradients(self.model, 1.0 / count)
         clip = r.optimizer.grad_clip
-        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
-        self.optimizer.step()
+        grad_norm = _local(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf))
+        stop = all_reduce_max(torch.tensor(float(self.stop.requested), device=self.device))
+        norm_value, stop_value = torch.stack([grad_norm.float(), stop]).tolist()
+        self.grad_norm, self.stop.requested = norm_value, stop_value > 0
+        if self.nonfinite.observe(math.isfinite(norm_value), self.step):
+            self.optimizer.step()
+            self.ema.update(self.model)
         self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.model)
         self.step += 1
         return all_reduce_sum(total) / count, waited
 
@@ -153,6 +173,7 @@ class Trainer:
             split = "validation" if r.data.source != "synthetic" else "train"
             self._val_dataset = build_dataset(r, split, self.dist.is_main)
         dataset = self._val_dataset
+        was_training = model.training
         model.eval()
         total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
         gen = torch.Generator().manual_seed(r.data.seed + EVAL_SEED_OFFSET)
@@ -165,48 +186,72 @@ class Trainer:
                                            seed=r.run.seed + EVAL_SEED_OFFSET, valid=valid.to(self.device))
             total += loss.double()
             count += int(valid.sum())
-        model.train()
+        model.train(was_training)
         return float(total) / count
 
     # -- loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         r = self.recipe
         prepare_run_dir(self.run_dir, r, self.dist.is_main)
+        log = MetricsLog(self.run_dir if self.dist.is_main else None, r.logging.progress and self.dist.is_main,
+                         r.logging.tensorboard)
         ckpt = latest_checkpoint(self.run_dir / "checkpoints") if r.checkpoint.resume else None
         if ckpt is not None:
-            self.restore(ckpt)
-        log = MetricsLog(self.run_dir / "metrics.jsonl" if self.dist.is_main else None,
-                         r.logging.progress and self.dist.is_main)
-        if ckpt is not None:
-            log.write({"step": self.step, "event": f"resumed from {ckpt.name}"})
+            note = self.restore(ckpt)
+            log.write({"step": self.step, "event": f"resumed from {ckpt.name}" + (f"; {note}" if note else "")})
+        elif r.checkpoint.seed_checkpoint:
+            self.save()
+        self.stop.install()
+        try:
+            loss_value = self._loop(log)
+        finally:
+            self.stop.uninstall()
+            self.checkpoints.close()
+        stopped = self.step < r.train.steps
+        val = float("nan") if stopped else self.validation_nelbo(self.ema_model())
+        log.write({"step": self.step, "val_nelbo_ema": val} if not stopped else
+                  {"step": self.step, "event": "stopped by signal after saving"})
+        log.close()
+        return TrainResult(self.run_dir, self.step, loss_value, val, stopped)
+
+    def _loop(self, log: MetricsLog) -> float:
+        r = self.recipe
         self.model.train()
         loss_value = float("nan")
+        flops = flops_per_token(build_model(r, self.dataset.model_vocab, self.dataset.mask_id, "meta"),
+                                self.dataset.seq_len)
+        peak = device_peak_flops(self.device)
         tokens_per_step = r.train.global_batch * self.dataset.seq_len
         tick, ticked_step, waited = time.perf_counter(), self.step, 0.0
         while self.step < r.train.steps:
             loss, wait = self.train_step()
             waited += wait
+            self.checkpoints.poll()
             if self.step % r.logging.every_steps == 0 or self.step == r.train.steps:
                 loss_value = float(loss)
                 now = time.perf_counter()
                 rate = tokens_per_step * (self.step - ticked_step) / (now - tick) / self.dist.world_size
-                log.write({"step": self.step, "loss": loss_value, "lr": self.optimizer.param_groups[0]["lr"],
-                           "grad_norm": float(self.grad_norm), "tokens_per_s_per_rank": rate,
-                           "data_wait_share": waited / (now - tick)})
+                record = {"step": self.step, "loss": loss_value, "lr": self.optimizer.param_groups[0]["lr"],
+                          "grad_norm": self.grad_norm, "tokens_per_s_per_gpu": rate,
+                          "data_wait_share": waited / (now - tick), "nonfinite_skipped": self.nonfinite.total}
+                if peak:
+                    record["mfu"] = rate * flops / peak
+                if self.device.type == "cuda":
+                    record["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 30
+                log.write(record)
                 tick, ticked_step, waited = now, self.step, 0.0
             if r.train.eval_every and self.step % r.train.eval_every == 0:
                 log.write({"step": self.step, "val_nelbo": self.validation_nelbo(self.model)})
-            if r.checkpoint.every_steps and self.step % r.checkpoint.every_steps == 0 and self.step < r.train.steps:
-                self.save()
-        newest = latest_checkpoint(self.run_dir / "checkpoints")
-        if newest is None or checkpoint_step(newest) != self.step:
-            self.save()
-        val = self.validation_nelbo(self.ema_model())
-        log.write({"step": self.step, "val_nelbo_ema": val})
-        return TrainResult(self.run_dir, self.step, loss_value, val)
+            periodic = r.checkpoint.every_steps and self.step % r.checkpoint.every_steps == 0
+            if self.stop.requested or periodic or self.step == r.train.steps:
+                stall = self.save()
+                log.write({"step": self.step, "event": "checkpoint", "stall_s": stall})
+            if self.stop.requested:
+                break
+        return loss_value
 
     def ema_model(self) -> torch.nn.Module:
-        """A copy of the model holding the EMA weights (what evaluation and sampling use)."""
+        """An unsharded copy of the model holding the EMA weights (what evaluation and sampling use)."""
         model = build_model(self.recipe, self.dataset.model_vocab, self.dataset.mask_id, self.device)
         self.ema.copy_to(model)
         return model.eval()

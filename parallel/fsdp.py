@@ -1,0 +1,27 @@
+"""FSDP2 for the DiT: one `fully_shard` unit per block, one for the output head, and the root
+for the rest (embeddings, mask-state MLP, time embedder). Parameters are gathered in bf16 for
+compute when asked; gradients are reduced in float32 and averaged over the data-parallel ranks
+(FSDP2's default, which works on NCCL and gloo), so the loop scales its loss by the world size
+to obtain the gradient of the global-token-count-normalised loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+
+try:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+except ImportError:  # torch < 2.6 kept FSDP2 under _composable
+    from torch.distributed._composable.fsdp import MixedPrecisionPolicy, fully_shard
+
+
+def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | None,
+               reshard_after_forward: bool) -> nn.Module:
+    """Shard `model` (a DiT) in place over `mesh` and return it."""
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(model.head, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    return model
