@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import re
 import subprocess
@@ -27,6 +28,9 @@ def _short_device(name: str) -> str:
 
 
 def git_sha() -> str:
+    """HEAD of the checkout (IMDM_GIT_SHA when the code runs from a copy without .git)."""
+    if os.environ.get("IMDM_GIT_SHA"):
+        return os.environ["IMDM_GIT_SHA"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, check=True).stdout.strip()

@@ -70,9 +70,11 @@ def build_model(recipe: Recipe, vocab_size: int, mask_id: int, device: torch.dev
     return model.to(device)
 
 
-def build_algorithm(recipe: Recipe, mask_id: int) -> MaskedDiffusion:
+def build_algorithm(recipe: Recipe, mask_id: int, device: torch.device | str = "cpu") -> MaskedDiffusion:
     a = recipe.algorithm
-    return MaskedDiffusion(make_schedule(a.noise_schedule, a.schedule_eps), mask_id, recipe.run.seed, a.antithetic)
+    fuse = torch.device(device).type == "cuda" and recipe.parallelism.compile != "off"
+    return MaskedDiffusion(make_schedule(a.noise_schedule, a.schedule_eps), mask_id, recipe.run.seed, a.antithetic,
+                           fuse_noise=fuse)
 
 
 def sampler_settings(recipe: Recipe, steps: int) -> SamplerSettings:

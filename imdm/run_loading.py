@@ -45,5 +45,5 @@ def load_run(run_dir: str | Path, device: torch.device, overrides=()) -> LoadedR
     state = load_checkpoint(ckpt, {"ema": ema.state_dict()})
     ema.load_state_dict(state["ema"])
     ema.copy_to(model)
-    return LoadedRun(recipe, vocab, model.eval(), build_algorithm(recipe, vocab.mask_id),
+    return LoadedRun(recipe, vocab, model.eval(), build_algorithm(recipe, vocab.mask_id, device),
                      checkpoint_step(ckpt), ckpt)

@@ -61,7 +61,7 @@ class Trainer:
         self.run_dir = Path(recipe.run.output_dir) / recipe.run.name
         self.dataset = build_dataset(recipe, recipe.data.split, dist.is_main)
         self.model = training_model(recipe, self.dataset.model_vocab, self.dataset.mask_id, dist)
-        self.algorithm = build_algorithm(recipe, self.dataset.mask_id)
+        self.algorithm = build_algorithm(recipe, self.dataset.mask_id, self.device)
         o = recipe.optimizer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
                                            eps=o.eps, weight_decay=o.weight_decay)

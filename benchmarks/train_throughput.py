@@ -1,0 +1,96 @@
+"""Training throughput: tokens/s per GPU, MFU, peak memory and data-wait share of the real
+training step (loader, loss, backward, clipping, AdamW, EMA) for a recipe, timed after warm-up;
+optionally the loop's stall for an asynchronous checkpoint. Launch with torchrun for several GPUs.
+
+    python benchmarks/train_throughput.py --recipe recipes/owt.toml [--steps 20] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.results_io import write_result  # noqa: E402
+from imdm.build import build_model  # noqa: E402
+from imdm.parallel.distributed import init_distributed, launcher_world_size, shutdown  # noqa: E402
+from imdm.recipe.loader import load_recipe  # noqa: E402
+from imdm.train.flops import device_peak_flops, flops_per_token  # noqa: E402
+from imdm.train.parallelize import compile_enabled  # noqa: E402
+from imdm.train.trainer import Trainer  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipes/owt.toml")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--checkpoint-stall", action="store_true", help="also time an async checkpoint")
+    parser.add_argument("--label", default="", help="free-form label stored in the config")
+    parser.add_argument("--results-dir", default=None)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    scratch = tempfile.mkdtemp(prefix="imdm-bench-run-")
+    recipe = load_recipe(args.recipe, [*args.overrides, f"run.output_dir={scratch}", "checkpoint.async_save=true",
+                                       "logging.progress=false"], world_size=launcher_world_size())
+    dist = init_distributed(recipe.train.device)
+    trainer = Trainer(recipe, dist)
+    device = dist.device
+    for _ in range(args.warmup):
+        trainer.train_step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start, waited = time.perf_counter(), 0.0
+    for _ in range(args.steps):
+        loss, wait = trainer.train_step()
+        waited += wait
+    _sync(device)
+    seconds = time.perf_counter() - start
+    seq_len = trainer.dataset.seq_len
+    tokens_per_s = args.steps * recipe.train.global_batch * seq_len / seconds / dist.world_size
+    flops = flops_per_token(build_model(recipe, trainer.dataset.model_vocab, trainer.dataset.mask_id, "meta"), seq_len)
+    peak = device_peak_flops(device)
+    metrics = {"tokens_per_s_per_gpu": tokens_per_s, "mfu": tokens_per_s * flops / peak if peak else None,
+               "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
+               "data_wait_share": waited / seconds, "step_s": seconds / args.steps, "final_loss": float(loss),
+               "flops_per_token": flops}
+    if args.checkpoint_stall:
+        (Path(scratch) / recipe.run.name / "checkpoints").mkdir(parents=True, exist_ok=True)
+        metrics["checkpoint_stall_s"] = trainer.save()
+        start = time.perf_counter()
+        trainer.checkpoints.wait()
+        metrics["checkpoint_background_write_s"] = time.perf_counter() - start
+    d, b, h = recipe.model.dims()
+    config = {"model": recipe.model.size, "algorithm": recipe.algorithm.name, "noise_dim": recipe.algorithm.noise_dim,
+              "global_batch": recipe.train.global_batch, "micro_batch": recipe.train.micro_batch, "seq_len": seq_len,
+              "vocab": trainer.dataset.model_vocab, "compile": compile_enabled(recipe, device),
+              "activation_checkpointing": recipe.parallelism.activation_checkpointing,
+              "replicate": recipe.parallelism.replicate, "data_source": recipe.data.source,
+              "num_workers": recipe.data.num_workers, "dims": [d, b, h], "label": args.label,
+              "overrides": args.overrides, "timed_steps": args.steps}
+    if dist.is_main:
+        path = write_result("train_throughput", args.recipe, config, metrics, world_size=dist.world_size,
+                            out_dir=Path(args.results_dir) if args.results_dir else None)
+        print(f"{args.label or recipe.model.size}: {tokens_per_s:,.0f} tokens/s/GPU, mfu "
+              f"{metrics['mfu'] if metrics['mfu'] is None else round(metrics['mfu'], 3)}, peak "
+              f"{metrics['peak_mem_gib']} GiB, data wait {metrics['data_wait_share']:.4f}"
+              + (f", ckpt stall {metrics['checkpoint_stall_s']:.3f}s" if args.checkpoint_stall else "") + f" -> {path}")
+    shutdown()
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
