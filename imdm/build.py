@@ -74,7 +74,7 @@ def build_algorithm(recipe: Recipe, mask_id: int, device: torch.device | str = "
     a = recipe.algorithm
     fuse = torch.device(device).type == "cuda" and recipe.parallelism.compile != "off"
     return MaskedDiffusion(make_schedule(a.noise_schedule, a.schedule_eps), mask_id, recipe.run.seed, a.antithetic,
-                           fuse_noise=fuse)
+                           fuse=fuse)
 
 
 def sampler_settings(recipe: Recipe, steps: int) -> SamplerSettings:

@@ -64,7 +64,7 @@ class _FixedLogits(torch.nn.Module):
         self.table = table
         self.mask_state = None
 
-    def forward(self, z, noise, sigma, select):
+    def forward(self, z, noise, sigma, select, noise_index=None):
         return self.table[: z.shape[1]].expand(z.shape[0], -1, -1)[select]
 
 

@@ -136,3 +136,17 @@ def test_padding_of_the_head_is_invisible():
     padded.load_state_dict(state)
     tokens = torch.randint(0, 37, (2, 7))
     assert torch.equal(padded(tokens), plain(tokens))
+
+
+def test_mask_state_on_listed_rows_equals_dense_noise():
+    torch.manual_seed(0)
+    model = _tiny(MaskStateConfig(noise_dim=8))
+    _perturb(model)
+    with torch.no_grad():
+        model.mask_state.fc2.weight.normal_()
+    tokens = torch.randint(0, 36, (3, 10))
+    tokens[0, [1, 4]] = 36
+    tokens[2, 9] = 36
+    dense = torch.rand(3, 10, 8) * 2 - 1
+    rows = torch.nonzero(tokens == 36, as_tuple=True)
+    torch.testing.assert_close(model(tokens, dense[rows], noise_index=rows), model(tokens, dense), rtol=0, atol=1e-6)

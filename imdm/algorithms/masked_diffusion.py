@@ -6,57 +6,69 @@ from __future__ import annotations
 
 import torch
 
-from imdm.diffusion.forward_process import apply_mask, mask_noise, mask_positions
-from imdm.diffusion.nelbo import masked_nelbo_terms
-from imdm.diffusion.subs import masked_log_probs, subs_log_probs
+from imdm.diffusion.forward_process import apply_mask, mask_noise, mask_noise_rows, mask_positions
+from imdm.diffusion.nelbo import masked_token_nll
+from imdm.diffusion.subs import subs_log_probs
 from imdm.diffusion.times import sample_seeds, training_times
 from imdm.models.dit import DiT
 from imdm.sampling.ancestral import SamplerSettings, SampleResult, ancestral_sample
 
 
+def _pinned_to(device: torch.device):
+    """Copy CPU tensors to `device` without a stream synchronisation (pinned, non-blocking)."""
+    if device.type != "cuda":
+        return lambda x: x.to(device)
+    return lambda x: x.pin_memory().to(device, non_blocking=True)
+
+
 class MaskedDiffusion:
     """Loss and sampler of a masked diffusion model; `model.mask_state` decides MDLM vs IMDM."""
 
-    def __init__(self, schedule, mask_id: int, seed: int, antithetic: bool = True, fuse_noise: bool = False):
+    def __init__(self, schedule, mask_id: int, seed: int, antithetic: bool = True, fuse: bool = False):
         self.schedule = schedule
         self.mask_id = mask_id
         self.seed = seed
         self.antithetic = antithetic
-        # On GPU the counter-based hash (dozens of int64 element-wise ops over [B, L, D]) is
-        # compiled into one kernel; the bits are identical to the eager function.
-        self._mask_noise = torch.compile(mask_noise, dynamic=True) if fuse_noise else mask_noise
-
-    @staticmethod
-    def has_mask_states(model: DiT) -> bool:
-        return model.mask_state is not None
+        # On GPU, the counter-based hash (dozens of int64 element-wise ops) and the SUBS
+        # cross-entropy are each compiled into fused kernels; the results are those of the
+        # eager functions (bit-identical for the hash).
+        self._noise_rows = torch.compile(mask_noise_rows, dynamic=True) if fuse else mask_noise_rows
+        self._nll = torch.compile(masked_token_nll, dynamic=True) if fuse else masked_token_nll
 
     def noise(self, model: DiT, seeds: torch.Tensor, seq_len: int, generation=0) -> torch.Tensor | None:
-        """Seeded base noise of the mask states, or None for MDLM."""
+        """Seeded base noise of the mask states at every position [B, L, D], or None for MDLM."""
         if model.mask_state is None:
             return None
         cfg = model.mask_state.cfg
-        return self._mask_noise(seeds, seq_len, cfg.noise_width, cfg.noise_dist, generation)
+        return mask_noise(seeds, seq_len, cfg.noise_width, cfg.noise_dist, generation)
 
     def loss(self, model: DiT, x0: torch.Tensor, global_index: torch.Tensor, global_batch: int,
              step: int, seed: int | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Sum over this micro-batch of the per-token NELBO terms (a 0-dim float32 tensor).
         Divide by the global batch's valid-token count for the training loss. `global_index`
-        numbers these sequences in the global batch; t and masks derive from (seed, step, index).
-        `valid` [B, L] marks real tokens (padding is fed to the model but never scored)."""
+        numbers these sequences in the global batch; t, masks and mask states derive from
+        (seed, step, index). `valid` [B, L] marks real tokens (padding is fed to the model but
+        never scored). Masks are drawn on the CPU, so finding the masked rows never waits for
+        the GPU."""
         seed = self.seed if seed is None else seed
-        device = x0.device
-        t = training_times(seed, step, global_batch, self.antithetic)[global_index.cpu()]
-        t = t.to(device=device, dtype=torch.float32)
-        seeds = sample_seeds(seed, step, global_index.cpu()).to(device)
-        masked = mask_positions(seeds, x0.shape[1], 1 - self.schedule.alpha(t))
+        device, seq_len = x0.device, x0.shape[1]
+        t = training_times(seed, step, global_batch, self.antithetic)[global_index.cpu()].to(torch.float32)
+        seeds = sample_seeds(seed, step, global_index.cpu())
+        masked = mask_positions(seeds, seq_len, 1 - self.schedule.alpha(t))
+        scored = masked if valid is None else masked & valid.cpu()
+        to_device = _pinned_to(device)
+        masked_rows = [to_device(i) for i in torch.nonzero(masked, as_tuple=True)]
+        scored_rows = [to_device(i) for i in torch.nonzero(scored, as_tuple=True)]
+        t, seeds, masked = to_device(t), to_device(seeds), to_device(masked)
         z = apply_mask(x0, masked, self.mask_id)
-        scored = masked if valid is None else masked & valid
-        rows_b, rows_l = torch.nonzero(scored, as_tuple=True)
-        logits = model(z, self.noise(model, seeds, x0.shape[1]), self.schedule.sigma(t), select=(rows_b, rows_l))
-        log_probs = masked_log_probs(logits, self.mask_id)
-        weight = self.schedule.loss_weight(t)[rows_b]
-        return masked_nelbo_terms(log_probs, x0[rows_b, rows_l], weight).sum()
-
+        noise = None
+        if model.mask_state is not None:
+            cfg = model.mask_state.cfg
+            noise = self._noise_rows(seeds[masked_rows[0]], masked_rows[1], cfg.noise_width, cfg.noise_dist)
+        logits = model(z, noise, self.schedule.sigma(t), select=tuple(scored_rows),
+                       noise_index=tuple(masked_rows))
+        nll = self._nll(logits, x0[scored_rows[0], scored_rows[1]], self.mask_id)
+        return (self.schedule.loss_weight(t)[scored_rows[0]] * nll).sum()
     def sample(self, model: DiT, settings: SamplerSettings, seeds: torch.Tensor, seq_len: int,
                prefix: torch.Tensor | None = None) -> SampleResult:
         """Ancestral sampling with the model in eval mode; float64-exact categorical draws."""

@@ -21,22 +21,34 @@ def apply_mask(x0: torch.Tensor, masked: torch.Tensor, mask_id: int) -> torch.Te
     return torch.where(masked, torch.full_like(x0, mask_id), x0)
 
 
-def mask_noise(seeds: torch.Tensor, seq_len: int, dim: int, dist: str, generation: int | torch.Tensor = 0,
-               ) -> torch.Tensor:
-    """Base noise [B, L, dim] of the mask states, a pure function of (seed, position, dim,
-    generation): 'uniform' in (-1, 1), or 'normal' N(0, 1) by Box-Muller. `generation` (scalar
-    or [B, L]) numbers re-draws in the sampler; training uses generation 0."""
+def mask_noise_rows(seeds: torch.Tensor, positions: torch.Tensor, dim: int, dist: str,
+                    generation: int | torch.Tensor = 0) -> torch.Tensor:
+    """Base noise [M, dim] of M mask states, row m belonging to the sequence with seed
+    seeds[m] at position positions[m]; a pure function of (seed, position, dim, generation):
+    'uniform' in (-1, 1), or 'normal' N(0, 1) by Box-Muller. `generation` (scalar or [M])
+    numbers re-draws in the sampler; training uses generation 0."""
     device = seeds.device
-    pos = torch.arange(seq_len, device=device, dtype=torch.int64)
-    counter = pos[None, :, None] * dim + torch.arange(dim, device=device, dtype=torch.int64)[None, None, :]
+    counter = positions[:, None].to(torch.int64) * dim + torch.arange(dim, device=device, dtype=torch.int64)[None, :]
     gen = torch.as_tensor(generation, device=device, dtype=torch.int64)
-    if gen.dim() == 2:
-        gen = gen[:, :, None]
+    if gen.dim() == 1:
+        gen = gen[:, None]
     stream = rng.STREAM_EPS + 2 * gen
-    u1 = rng.uniform24(seeds[:, None, None], counter, stream)
+    u1 = rng.uniform24(seeds[:, None], counter, stream)
     if dist == "uniform":
         return 2 * u1 - 1
     if dist == "normal":
-        u2 = rng.uniform24(seeds[:, None, None], counter, stream + 1)
+        u2 = rng.uniform24(seeds[:, None], counter, stream + 1)
         return torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
     raise ValueError(f"unknown mask-noise distribution {dist!r}")
+
+
+def mask_noise(seeds: torch.Tensor, seq_len: int, dim: int, dist: str, generation: int | torch.Tensor = 0,
+               ) -> torch.Tensor:
+    """Base noise [B, L, dim] at every position (the same numbers `mask_noise_rows` gives for
+    each row); `generation` is a scalar or [B, L]."""
+    batch = seeds.shape[0]
+    positions = torch.arange(seq_len, device=seeds.device, dtype=torch.int64).repeat(batch)
+    gen = torch.as_tensor(generation, device=seeds.device, dtype=torch.int64)
+    gen = gen.reshape(-1) if gen.dim() == 2 else gen
+    rows = mask_noise_rows(seeds.repeat_interleave(seq_len), positions, dim, dist, gen)
+    return rows.view(batch, seq_len, dim)

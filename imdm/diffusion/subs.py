@@ -21,8 +21,3 @@ def subs_log_probs(logits: torch.Tensor, z_t: torch.Tensor, mask_id: int) -> tor
     carry = torch.full_like(log_probs, NEG_INF)
     carry.scatter_(-1, z_t.unsqueeze(-1), 0.0)
     return torch.where(clean.unsqueeze(-1), carry, log_probs)
-
-
-def masked_log_probs(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """SUBS for rows known to be masked: log-softmax with the mask logit removed."""
-    return torch.log_softmax(_without_mask(logits, mask_id), dim=-1)

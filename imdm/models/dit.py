@@ -93,17 +93,21 @@ class DiT(nn.Module):
         self.head = OutputHead(cfg)
 
     def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None,
-                sigma: torch.Tensor | None = None, select=None) -> torch.Tensor:
+                sigma: torch.Tensor | None = None, select=None, noise_index=None) -> torch.Tensor:
         """Logits before SUBS: [B, L, V], or [N, V] at `select` = (batch_idx, pos_idx) (the loss
         scores masked rows only, so the head never sees the rest). `noise` is the mask-state
-        base noise [B, L, noise_width] (required for IMDM), `sigma` the noise level
-        (time-conditioned models only)."""
+        base noise (required for IMDM): [B, L, noise_width] for every position, or [M,
+        noise_width] for the mask positions listed in `noise_index` (the MLP then runs on
+        those rows only). `sigma` is the noise level (time-conditioned models only)."""
         x = F.embedding(tokens, self.token_embed).float()   # residual stream in float32
         if self.mask_state is not None:
             if noise is None:
                 raise ValueError("this model has mask states (IMDM): pass the mask-state noise")
-            is_mask = (tokens == self.cfg.mask_id).unsqueeze(-1)
-            x = x + torch.where(is_mask, self.mask_state(noise), 0.0)
+            if noise_index is not None:
+                x = x.index_put(noise_index, self.mask_state(noise).float(), accumulate=True)
+            else:
+                is_mask = (tokens == self.cfg.mask_id).unsqueeze(-1)
+                x = x + torch.where(is_mask, self.mask_state(noise), 0.0)
         if sigma is None or not self.cfg.time_conditioning:
             sigma = torch.zeros(tokens.shape[0], device=tokens.device)
         c = F.silu(self.time_embed(sigma))

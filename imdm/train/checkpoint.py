@@ -12,6 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
@@ -57,15 +58,31 @@ def _finalize(partial: Path, final: Path, folder: Path, step: int, recipe_toml: 
         shutil.rmtree(old)
 
 
+def _gpu_stager():
+    """DCP's stager copying to reused pinned host buffers on a side stream (None where this
+    PyTorch lacks it or there is no GPU)."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+    except ImportError:
+        return None
+    return DefaultStager(StagingOptions(use_pinned_memory=True, use_shared_memory=False, use_async_staging=True,
+                                        use_non_blocking_copy=True))
+
+
 class CheckpointManager:
     """Saves every rank's share of the state for a step; the main rank renames the folder once
-    the save is complete. With `async_save` the loop only waits for staging to host memory; the
+    the save is complete. With `async_save` the loop waits only to launch the copy to pinned host
+    memory (call `wait_for_staging` before the next optimizer step changes the parameters); the
     write finishes in the background and is finalised at the next save, `poll` or `close`."""
 
     def __init__(self, folder: Path, keep_last: int, is_main: bool, async_save: bool = False,
                  process_group=None):
         self.folder, self.keep_last, self.is_main = folder, keep_last, is_main
         self.async_save, self.process_group = async_save, process_group
+        self._stager = _gpu_stager() if async_save else None
+        self._staging = None          # future of the copy to host memory
         self._pending = None          # (future, partial, final, step, recipe_toml)
 
     def save(self, step: int, state: dict, recipe_toml: str) -> float:
@@ -79,7 +96,11 @@ class CheckpointManager:
                 shutil.rmtree(partial)
         barrier()
         if self.async_save:
-            future = _quiet(dcp.async_save, state, checkpoint_id=str(partial), process_group=self.process_group)
+            kwargs = {"async_stager": self._stager} if self._stager is not None else {}
+            response = _quiet(dcp.async_save, state, checkpoint_id=str(partial), process_group=self.process_group,
+                              **kwargs)
+            future = getattr(response, "upload_completion", response)
+            self._staging = getattr(response, "staging_completion", None)
             self._pending = (future, partial, final, step, recipe_toml)
         else:
             _quiet(dcp.save, state, checkpoint_id=str(partial))
@@ -89,6 +110,15 @@ class CheckpointManager:
             barrier()
         return time.perf_counter() - start
 
+    def wait_for_staging(self) -> float:
+        """Block until the state is copied off the parameters (before they change); seconds waited."""
+        if self._staging is None:
+            return 0.0
+        start = time.perf_counter()
+        self._staging.result()
+        self._staging = None
+        return time.perf_counter() - start
+
     def poll(self) -> None:
         """Finalise a background save that has finished (never blocks)."""
         if self._pending is not None and self._pending[0].done():
@@ -96,6 +126,7 @@ class CheckpointManager:
 
     def wait(self) -> None:
         """Block until a background save is written and finalised."""
+        self.wait_for_staging()
         if self._pending is None:
             return
         future, partial, final, step, recipe_toml = self._pending
@@ -104,7 +135,11 @@ class CheckpointManager:
         if self.is_main:
             _finalize(partial, final, self.folder, step, recipe_toml, self.keep_last)
 
-    close = wait
+    def close(self) -> None:
+        self.wait()
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
 
 
 def load_checkpoint(path: Path, state: dict) -> dict:

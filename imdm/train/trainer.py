@@ -75,6 +75,7 @@ class Trainer:
                                              recipe.checkpoint.async_save, checkpoint_group(dist))
         self.nonfinite = NonFinitePolicy(recipe.train.nonfinite, recipe.train.max_nonfinite)
         self.stop = StopRequest()
+        self.staging_wait_s = 0.0
         self.step = 0
         self._batches = None
 
@@ -156,6 +157,7 @@ class Trainer:
         norm_value, stop_value = torch.stack([grad_norm.float(), stop]).tolist()
         self.grad_norm, self.stop.requested = norm_value, stop_value > 0
         if self.nonfinite.observe(math.isfinite(norm_value), self.step):
+            self.staging_wait_s = self.checkpoints.wait_for_staging()
             self.optimizer.step()
             self.ema.update(self.model)
         self.optimizer.zero_grad(set_to_none=True)
