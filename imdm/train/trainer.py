@@ -7,6 +7,7 @@ policies, and metrics (tokens/s, MFU, memory, data-wait share)."""
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +86,8 @@ class Trainer:
         state = {"model": model_sd, "optim": optim_sd, "ema": self.ema.state_dict(),
                  "progress": {"step": self.step, "world_size": self.dist.world_size,
                               "micro_batch": self.recipe.train.micro_batch}}
-        if include_data:
-            state["data"] = {f"rank_{self.dist.rank}": self.loader.state_dict()}
+        if include_data:   # pickled: the loader's state may hold objects DCP's stager cannot copy
+            state["data"] = {f"rank_{self.dist.rank}": pickle.dumps(self.loader.state_dict())}
         return state
 
     def restore(self, path: Path) -> str:
@@ -101,7 +102,7 @@ class Trainer:
         if self.step != checkpoint_step(path):
             raise RuntimeError(f"{path}: meta step {checkpoint_step(path)} != stored step {self.step}")
         if same_layout:
-            self.loader.load_state_dict(state["data"][f"rank_{self.dist.rank}"])
+            self.loader.load_state_dict(pickle.loads(state["data"][f"rank_{self.dist.rank}"]))
         else:
             self.loader.batch_sampler.position = self.step * self.micro_per_step
         self._batches = None
