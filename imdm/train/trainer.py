@@ -83,6 +83,7 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------
     def state(self, include_data: bool = True) -> dict:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        model_sd = {k: v.detach() for k, v in model_sd.items()}   # plain tensors: DCP's GPU stager cannot copy Parameters
         state = {"model": model_sd, "optim": optim_sd, "ema": self.ema.state_dict(),
                  "progress": {"step": self.step, "world_size": self.dist.world_size,
                               "micro_batch": self.recipe.train.micro_batch}}
