@@ -11,7 +11,7 @@ STORE=$(ls -d "$REPO"/.bench/stores/train-wrap1024-*)
 DATA="algorithm.name=imdm data.source=store data.store=$STORE tokenizer.path=$REPO/.bench/gpt2 data.num_workers=2"
 bench() {  # bench TIMEOUT NPROC LABEL RECIPE overrides...
   local t=$1 n=$2 label=$3 recipe=$4; shift 4
-  if [ "$n" = 1 ]; then launch="python3"; else launch="torchrun --standalone --nproc_per_node=$n"; fi
+  if [ "$n" = 1 ]; then launch="python3"; else launch="python3 -m torch.distributed.run --standalone --nproc_per_node=$n"; fi
   CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((n - 1))) timeout "$t" $launch benchmarks/train_throughput.py --warmup 3 --steps 10 \
     --results-dir "$OUT" --label "$label" --recipe "$REPO/recipes/$recipe" "$@" $DATA 2>&1 | grep -E "tokens/s|Error|error" | tail -3
 }
@@ -27,7 +27,7 @@ part2)
   PORT=29611
   hsdp() {  # two rendezvous "nodes" of 2 GPUs, large model, HSDP replicate=2
     for node in 0 1; do
-      CUDA_VISIBLE_DEVICES=$((2 * node)),$((2 * node + 1)) timeout 200 torchrun --nnodes=2 --node_rank=$node \
+      CUDA_VISIBLE_DEVICES=$((2 * node)),$((2 * node + 1)) timeout 200 python3 -m torch.distributed.run --nnodes=2 --node_rank=$node \
         --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:$PORT --rdzv_id=hsdp$1 -m imdm train \
         "$REPO/recipes/owt_large.toml" $DATA parallelism.replicate=2 parallelism.compile=off train.global_batch=64 \
         train.micro_batch=16 train.steps=$1 checkpoint.every_steps=2 logging.every_steps=1 logging.progress=false \
