@@ -18,12 +18,16 @@ bench() {  # bench TIMEOUT NPROC LABEL RECIPE overrides...
 case "${1:-part1}" in
 part1)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
-  bench 170 1 small-1gpu owt.toml --checkpoint-stall train.global_batch=128 train.micro_batch=32
-  bench 200 4 small-4gpu-fsdp owt.toml --checkpoint-stall train.global_batch=512 train.micro_batch=32
+  bench 170 1 small-1gpu owt.toml train.global_batch=128 train.micro_batch=32
+  bench 200 4 small-4gpu-fsdp owt.toml train.global_batch=512 train.micro_batch=32
   bench 170 1 large-1gpu owt_large.toml train.global_batch=64 train.micro_batch=16
   ;;
-part2)
-  bench 230 4 large-4gpu-fsdp owt_large.toml --checkpoint-stall train.global_batch=256 train.micro_batch=16
+small|rest)
+  bench 170 1 small-1gpu owt.toml train.global_batch=128 train.micro_batch=32
+  bench 200 4 small-4gpu-fsdp owt.toml train.global_batch=512 train.micro_batch=32
+  ;;&
+part2|rest)
+  bench 230 4 large-4gpu-fsdp owt_large.toml train.global_batch=256 train.micro_batch=16
   PORT=29611
   hsdp() {  # two rendezvous "nodes" of 2 GPUs, large model, HSDP replicate=2
     for node in 0 1; do
