@@ -145,7 +145,12 @@ class Trainer:
         valid = [b["valid"].to(self.device, non_blocking=True) for b in batches]
         count = all_reduce_sum(torch.stack([v.sum() for v in valid]).sum().float())
         total = torch.zeros((), device=self.device)
-        for batch, mask in zip(batches, valid):
+        sharded = hasattr(self.model, "set_requires_gradient_sync")
+        for i, (batch, mask) in enumerate(zip(batches, valid)):
+            if sharded:   # reduce gradients and reshard parameters once per step, after the last micro-batch
+                last = i == len(batches) - 1
+                self.model.set_requires_gradient_sync(last)
+                self.model.set_reshard_after_backward(last)
             x0 = batch["tokens"].to(self.device, non_blocking=True)
             self._seed_dropout(int(batch["global_index"][0]))
             with self._autocast():
