@@ -10,6 +10,7 @@ import re
 import shutil
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from imdm.parallel.distributed import barrier
+from imdm.train.staging import PinnedStager
 
 def _quiet(fn, *args, **kwargs):
     """Run a DCP call without its warning that no process group exists (one process is a
@@ -58,19 +60,6 @@ def _finalize(partial: Path, final: Path, folder: Path, step: int, recipe_toml: 
         shutil.rmtree(old)
 
 
-def _gpu_stager():
-    """DCP's stager copying to reused pinned host buffers on a side stream (None where this
-    PyTorch lacks it or there is no GPU)."""
-    if not torch.cuda.is_available():
-        return None
-    try:
-        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-    except ImportError:
-        return None
-    return DefaultStager(StagingOptions(use_pinned_memory=True, use_shared_memory=False, use_async_staging=True,
-                                        use_non_blocking_copy=True))
-
-
 class CheckpointManager:
     """Saves every rank's share of the state for a step; the main rank renames the folder once
     the save is complete. With `async_save` the loop waits only to launch the copy to pinned host
@@ -81,8 +70,8 @@ class CheckpointManager:
                  process_group=None):
         self.folder, self.keep_last, self.is_main = folder, keep_last, is_main
         self.async_save, self.process_group = async_save, process_group
-        self._stager = _gpu_stager() if async_save else None
-        self._staging = None          # future of the copy to host memory
+        self._stager = PinnedStager() if async_save and torch.cuda.is_available() else None
+        self._writer = ThreadPoolExecutor(max_workers=1) if self._stager is not None else None
         self._pending = None          # (future, partial, final, step, recipe_toml)
 
     def save(self, step: int, state: dict, recipe_toml: str) -> float:
@@ -95,12 +84,16 @@ class CheckpointManager:
             if partial.exists():
                 shutil.rmtree(partial)
         barrier()
-        if self.async_save:
-            kwargs = {"async_stager": self._stager} if self._stager is not None else {}
-            response = _quiet(dcp.async_save, state, checkpoint_id=str(partial), process_group=self.process_group,
-                              **kwargs)
-            future = getattr(response, "upload_completion", response)
-            self._staging = getattr(response, "staging_completion", None)
+        if self._stager is not None:
+            staged = self._stager.stage(state)
+
+            def write():
+                self._stager.synchronize()
+                _quiet(dcp.save, staged, checkpoint_id=str(partial), process_group=self.process_group)
+
+            self._pending = (self._writer.submit(write), partial, final, step, recipe_toml)
+        elif self.async_save:
+            future = _quiet(dcp.async_save, state, checkpoint_id=str(partial), process_group=self.process_group)
             self._pending = (future, partial, final, step, recipe_toml)
         else:
             _quiet(dcp.save, state, checkpoint_id=str(partial))
@@ -112,11 +105,10 @@ class CheckpointManager:
 
     def wait_for_staging(self) -> float:
         """Block until the state is copied off the parameters (before they change); seconds waited."""
-        if self._staging is None:
+        if self._stager is None:
             return 0.0
         start = time.perf_counter()
-        self._staging.result()
-        self._staging = None
+        self._stager.synchronize()
         return time.perf_counter() - start
 
     def poll(self) -> None:
@@ -137,9 +129,8 @@ class CheckpointManager:
 
     def close(self) -> None:
         self.wait()
-        if self._stager is not None:
-            self._stager.close()
-            self._stager = None
+        if self._writer is not None:
+            self._writer.shutdown()
 
 
 def load_checkpoint(path: Path, state: dict) -> dict:
