@@ -37,7 +37,7 @@ def cmd_train(args) -> int:
         result = Trainer(recipe, dist).fit()
         if dist.is_main:
             print(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "loss": result.last_loss,
-                              "val_nelbo_ema": result.val_nelbo}))
+                              "val_nelbo_ema": result.val_nelbo, "stopped_early": result.stopped_early}))
     finally:
         shutdown()
     return 0
@@ -49,13 +49,13 @@ def _device(name: str):
 
 
 def cmd_sample(args) -> int:
-    import torch
     from imdm.build import sampler_settings
+    from imdm.sampling.ancestral import generation_seeds
     from imdm.run_loading import load_run
     run = load_run(args.run_dir, _device(args.device), args.overrides)
     s = run.recipe.sampling
     settings = sampler_settings(run.recipe, args.steps or s.steps[-1])
-    seeds = torch.arange(args.num_samples, dtype=torch.int64) + s.seed * 1_000_003
+    seeds = generation_seeds(s.seed, 0, args.num_samples)
     result = run.algorithm.sample(run.model, settings, seeds.to(run.model.token_embed.device),
                                   run.recipe.data.seq_len)
     out = {"run_dir": str(args.run_dir), "step": run.step, "steps": settings.steps, "nfe": result.nfe,

@@ -58,6 +58,13 @@ def _attempt_store(world: int, rank: int) -> dist.Store:
     return dist.PrefixStore(f"imdm/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU tensor to `device` without synchronising the stream (pinned, non-blocking on GPU)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

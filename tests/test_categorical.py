@@ -35,6 +35,9 @@ def test_zero_weight_tail_never_drawn_even_at_u_near_one():
     weights = torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64)
     u = torch.tensor([1 - 2 ** -53, 0.999999999999, 0.25], dtype=torch.float64)
     assert categorical_from_uniform(weights, u).tolist() == [1, 1, 0]
+    rows = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 1e-12, 0.0, 3.0], [2.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert categorical_from_uniform(rows, torch.full((3,), 1 - 2 ** -53, dtype=torch.float64)).tolist() == [1, 3, 0]
+    assert categorical_from_uniform(rows, torch.full((3,), 2 ** -60, dtype=torch.float64)).tolist() == [0, 1, 0]
 
 
 RARE_P = 5e-9          # each rare outcome: below 1e-8

@@ -32,12 +32,14 @@ def test_stratified_t_identical_whatever_the_world_size(world):
     n, micro = 32, 2
     reference = training_times(5, 11, n)
     order = GlobalBatchOrder(1000, n, 0)
-    per_rank = [torch.cat([reference[i] for i in order.rank_slices(r, world, micro)]) for r in range(world)]
-    assert torch.equal(torch.cat(per_rank), reference)
+    slices = [i for r in range(world) for i in order.rank_slices(r, world, micro)]
+    assert torch.equal(torch.cat(slices), torch.arange(n))   # ranks x micro-batches tile the global batch once
     # one t per stratum of the GLOBAL batch, after the affine map to [1e-3, 1]
     raw = (reference - 1e-3) / (1 - 1e-3)
     assert sorted(torch.floor(raw * n).long().tolist()) == list(range(n))
     assert not torch.equal(reference, training_times(5, 12, n))
+    iid = (training_times(5, 11, n, antithetic=False) - 1e-3) / (1 - 1e-3)
+    assert sorted(torch.floor(iid * n).long().tolist()) == list(range(n))   # one u_i per stratum
 
 
 def test_subs_never_predicts_mask_and_carries_clean_tokens():

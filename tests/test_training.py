@@ -98,8 +98,13 @@ def test_training_learns_and_checkpoint_loads_for_sampling(tmp_path):
     run = load_run(result.run_dir, torch.device("cpu"))
     assert run.step == 60 and not run.model.training
     from imdm.build import sampler_settings
-    out = run.algorithm.sample(run.model, sampler_settings(run.recipe, 4), torch.arange(5), 6)
-    assert out.tokens.shape == (5, 6) and int(out.tokens.max()) < 16
+    from imdm.data.synthetic import synthetic_metrics
+    many = run.algorithm.sample(run.model, sampler_settings(run.recipe, 64), torch.arange(256), 6)
+    one = run.algorithm.sample(run.model, sampler_settings(run.recipe, 1), torch.arange(256), 6)
+    assert many.tokens.shape == (256, 6) and int(many.tokens.max()) < 16
+    many_m, one_m = synthetic_metrics(many.tokens, 16), synthetic_metrics(one.tokens, 16)
+    assert many_m["validity"] > 0.6 and many_m["coverage"] == 16      # many steps: valid, every token used
+    assert one_m["validity"] < 0.02                                   # one factorised step: ~16^-5
 
 
 def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
@@ -115,3 +120,35 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
         load_run(result.run_dir, torch.device("cpu"))
     with pytest.raises(CheckpointError, match="not a run directory"):
         load_run(tmp_path / "nothing", torch.device("cpu"))
+
+
+def test_seed_checkpoint_changes_nothing(tmp_path):
+    dist = init_distributed("cpu")
+    plain = Trainer(_recipe(tmp_path, "plain", steps=3), dist)
+    plain.fit()
+    seeded_recipe = _recipe(tmp_path, "seeded", steps=3)
+    seeded_recipe.checkpoint.seed_checkpoint = True
+    seeded = Trainer(seeded_recipe, dist)
+    seeded.fit()
+    a, b = _params(plain), _params(seeded)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed = Trainer(_recipe(tmp_path, "from-seed", steps=3), dist)   # start from another run's step 0
+    (tmp_path / "from-seed" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "seeded" / "checkpoints" / "step_00000000",
+                    tmp_path / "from-seed" / "checkpoints" / "step_00000000")
+    resumed.fit()
+    c = _params(resumed)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_with_other_loader_workers(tmp_path):
+    dist = init_distributed("cpu")
+    straight = Trainer(_recipe(tmp_path, "straight", steps=4), dist)
+    straight.fit()
+    Trainer(_recipe(tmp_path, "workers", steps=2), dist).fit()
+    more = _recipe(tmp_path, "workers", steps=4)
+    more.data.num_workers = 2
+    resumed = Trainer(more, dist)
+    resumed.fit()
+    a, b = _params(straight), _params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)

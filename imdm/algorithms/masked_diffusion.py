@@ -11,14 +11,8 @@ from imdm.diffusion.nelbo import masked_token_nll
 from imdm.diffusion.subs import subs_log_probs
 from imdm.diffusion.times import sample_seeds, training_times
 from imdm.models.dit import DiT
+from imdm.parallel.distributed import host_to_device
 from imdm.sampling.ancestral import SamplerSettings, SampleResult, ancestral_sample
-
-
-def _pinned_to(device: torch.device):
-    """Copy CPU tensors to `device` without a stream synchronisation (pinned, non-blocking)."""
-    if device.type != "cuda":
-        return lambda x: x.to(device)
-    return lambda x: x.pin_memory().to(device, non_blocking=True)
 
 
 class MaskedDiffusion:
@@ -56,7 +50,9 @@ class MaskedDiffusion:
         seeds = sample_seeds(seed, step, global_index.cpu())
         masked = mask_positions(seeds, seq_len, 1 - self.schedule.alpha(t))
         scored = masked if valid is None else masked & valid.cpu()
-        to_device = _pinned_to(device)
+        def to_device(x):
+            return host_to_device(x, device)
+
         masked_rows = [to_device(i) for i in torch.nonzero(masked, as_tuple=True)]
         scored_rows = [to_device(i) for i in torch.nonzero(scored, as_tuple=True)]
         t, seeds, masked = to_device(t), to_device(seeds), to_device(masked)

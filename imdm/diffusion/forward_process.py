@@ -29,10 +29,9 @@ def mask_noise_rows(seeds: torch.Tensor, positions: torch.Tensor, dim: int, dist
     numbers re-draws in the sampler; training uses generation 0."""
     device = seeds.device
     counter = positions[:, None].to(torch.int64) * dim + torch.arange(dim, device=device, dtype=torch.int64)[None, :]
-    gen = torch.as_tensor(generation, device=device, dtype=torch.int64)
-    if gen.dim() == 1:
-        gen = gen[:, None]
-    stream = rng.STREAM_EPS + 2 * gen
+    if isinstance(generation, torch.Tensor):
+        generation = generation.to(device=device, dtype=torch.int64)[:, None]
+    stream = rng.STREAM_EPS + 2 * generation     # a Python int stays on the host: no copy, no sync
     u1 = rng.uniform24(seeds[:, None], counter, stream)
     if dist == "uniform":
         return 2 * u1 - 1
@@ -48,7 +47,6 @@ def mask_noise(seeds: torch.Tensor, seq_len: int, dim: int, dist: str, generatio
     each row); `generation` is a scalar or [B, L]."""
     batch = seeds.shape[0]
     positions = torch.arange(seq_len, device=seeds.device, dtype=torch.int64).repeat(batch)
-    gen = torch.as_tensor(generation, device=seeds.device, dtype=torch.int64)
-    gen = gen.reshape(-1) if gen.dim() == 2 else gen
+    gen = generation.reshape(-1) if isinstance(generation, torch.Tensor) else generation
     rows = mask_noise_rows(seeds.repeat_interleave(seq_len), positions, dim, dist, gen)
     return rows.view(batch, seq_len, dim)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from imdm.algorithms.masked_diffusion import MaskedDiffusion
-from imdm.data.text_dataset import TextDataset, open_text_dataset
+from imdm.data.text_dataset import open_text_dataset
 from imdm.recipe import Recipe
 
 STREAM_EVAL = 19_191
@@ -39,9 +39,11 @@ def eval_set_recipe(recipe: Recipe, name: str) -> tuple[Recipe, str]:
 
 
 @torch.no_grad()
-def nelbo_per_token(model: torch.nn.Module, algorithm: MaskedDiffusion, dataset: TextDataset, batch: int,
+def nelbo_per_token(model: torch.nn.Module, algorithm: MaskedDiffusion, dataset, batch: int,
                     max_batches: int, device: torch.device, seed: int) -> tuple[float, int]:
-    """(mean NELBO per valid token in nats, tokens scored) over the dataset in order."""
+    """(mean NELBO per valid token in nats, tokens scored) over the first `max_batches` batches
+    of the dataset in order (0 = all of it); the model's train/eval mode is restored."""
+    was_training = model.training
     model.eval()
     total, count = 0.0, 0
     n = len(dataset)
@@ -51,10 +53,10 @@ def nelbo_per_token(model: torch.nn.Module, algorithm: MaskedDiffusion, dataset:
         tokens, valid = dataset.rows(rows)
         index = torch.arange(len(rows))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = algorithm.loss(model, tokens.to(device), index, len(rows), b, seed=seed + STREAM_EVAL,
-                                  valid=valid.to(device))
+            loss = algorithm.loss(model, tokens.to(device), index, len(rows), b, seed=seed + STREAM_EVAL, valid=valid)
         total += float(loss.double())
         count += int(valid.sum())
+    model.train(was_training)
     return total / count, count
 
 

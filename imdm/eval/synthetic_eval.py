@@ -8,9 +8,7 @@ from imdm.algorithms.masked_diffusion import MaskedDiffusion
 from imdm.build import sampler_settings
 from imdm.data.synthetic import synthetic_metrics
 from imdm.recipe import Recipe
-
-STREAM_EVAL_SAMPLES = 17
-
+from imdm.sampling.ancestral import generation_seeds
 
 def evaluate_synthetic(recipe: Recipe, model: torch.nn.Module, algorithm: MaskedDiffusion,
                        device: torch.device) -> list[dict]:
@@ -21,8 +19,7 @@ def evaluate_synthetic(recipe: Recipe, model: torch.nn.Module, algorithm: Masked
         settings = sampler_settings(recipe, steps)
         samples, nfe = [], 0
         for start in range(0, s.num_samples, s.batch):
-            index = torch.arange(start, start + s.batch, dtype=torch.int64)
-            seeds = (s.seed * 1_000_003 + STREAM_EVAL_SAMPLES) * 65_536 + index
+            seeds = generation_seeds(s.seed, start, s.batch)
             result = algorithm.sample(model, settings, seeds.to(device), recipe.data.seq_len)
             samples.append(result.tokens.cpu())
             nfe += result.nfe

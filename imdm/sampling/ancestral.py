@@ -36,6 +36,12 @@ class SampleResult:
     nfe: int
 
 
+def generation_seeds(seed: int, start: int, count: int) -> torch.Tensor:
+    """Per-sample seeds of samples start .. start + count - 1 of a generation run with `seed`
+    (the same sample index gets the same seed whatever the batch size)."""
+    return rng.derive_seed(seed, torch.arange(start, start + count, dtype=torch.int64), rng.STREAM_SAMPLE_SEED)
+
+
 def time_grid(steps: int) -> torch.Tensor:
     """linspace(1, 1e-5, K + 1) in float64."""
     return torch.linspace(1.0, T_END, steps + 1, dtype=torch.float64)
@@ -60,12 +66,12 @@ def ancestral_sample(denoise: Denoiser, schedule, settings: SamplerSettings, see
         alpha_t = float(schedule.alpha(t))
         alpha_s = 1.0 if j == settings.steps - 1 else float(schedule.alpha(grid[j + 1]))
         weights = step_weights(alpha_t, alpha_s, settings.posterior, settings.fix_eps)
-        if log_x is None or not settings.cached:
-            log_x = denoise(z, noise, float(t))
-            nfe += 1
         rows_b, rows_l = torch.nonzero(z == mask_id, as_tuple=True)
         if rows_b.numel() == 0:
             break
+        if log_x is None or not settings.cached:
+            log_x = denoise(z, noise, float(t))
+            nfe += 1
         probs = shape_probs(log_x[rows_b, rows_l], settings.temperature, settings.top_p)
         w = probs * weights.unmask
         w[:, mask_id] = weights.stay

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
+                                                     set_state_dict)
 
 from imdm import rng
 from imdm.build import build_algorithm, build_dataset, build_model, has_validation_split
 from imdm.data.loader import make_loader
 from imdm.data.order import GlobalBatchOrder
-from imdm.parallel.distributed import DistInfo, all_reduce_max, all_reduce_sum, checkpoint_group
+from imdm.eval.perplexity import nelbo_per_token
+from imdm.parallel.distributed import DistInfo, all_reduce_max, all_reduce_sum, checkpoint_group, host_to_device
 from imdm.recipe import Recipe
 from imdm.recipe.writer import recipe_to_toml
 from imdm.train.checkpoint import CheckpointManager, checkpoint_step, latest_checkpoint, load_checkpoint
@@ -32,7 +34,6 @@ from imdm.train.parallelize import training_model
 from imdm.train.run_dir import prepare_run_dir
 
 STREAM_DROPOUT = 13
-EVAL_SEED_OFFSET = 7_777_777
 
 
 @dataclass
@@ -81,12 +82,19 @@ class Trainer:
         self._batches = None
 
     # -- state ---------------------------------------------------------------------------
-    def state(self, include_data: bool = True) -> dict:
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        model_sd = {k: v.detach() for k, v in model_sd.items()}   # plain tensors: DCP's GPU stager cannot copy Parameters
-        state = {"model": model_sd, "optim": optim_sd, "ema": self.ema.state_dict(),
-                 "progress": {"step": self.step, "world_size": self.dist.world_size,
-                              "micro_batch": self.recipe.train.micro_batch}}
+    def _layout(self) -> dict:
+        return {"world_size": self.dist.world_size, "micro_batch": self.recipe.train.micro_batch,
+                "num_workers": self.recipe.data.num_workers}
+
+    def state(self, include_data: bool = True, include_optim: bool = True) -> dict:
+        """The checkpointed state. A seed checkpoint (step 0) has no optimizer state: asking an
+        optimizer without state for its state dict would initialise it with a step."""
+        state = {"ema": self.ema.state_dict(), "progress": {"step": self.step, **self._layout()}}
+        if include_optim:
+            model_sd, state["optim"] = get_state_dict(self.model, self.optimizer)
+        else:
+            model_sd = get_model_state_dict(self.model)
+        state["model"] = {k: v.detach() for k, v in model_sd.items()}   # plain tensors: DCP's GPU stager cannot copy Parameters
         if include_data:   # pickled: the loader's state may hold objects DCP's stager cannot copy
             state["data"] = {f"rank_{self.dist.rank}": pickle.dumps(self.loader.state_dict())}
         return state
@@ -94,24 +102,31 @@ class Trainer:
     def restore(self, path: Path) -> str:
         """Load a checkpoint; with another layout (world size, micro-batch) the parameters,
         optimizer and EMA are resharded and the data position is rebuilt from the step."""
-        saved = load_checkpoint(path, {"progress": {"step": 0, "world_size": 0, "micro_batch": 0}})["progress"]
-        same_layout = (saved["world_size"], saved["micro_batch"]) == (self.dist.world_size, self.recipe.train.micro_batch)
-        state = load_checkpoint(path, self.state(include_data=same_layout))
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        saved = load_checkpoint(path, {"progress": {"step": 0, **self._layout()}})["progress"]
+        same_layout = all(saved[k] == v for k, v in self._layout().items())
+        seed_only = saved["step"] == 0
+        state = load_checkpoint(path, self.state(include_data=same_layout and not seed_only, include_optim=not seed_only))
+        if seed_only:
+            set_model_state_dict(self.model, state["model"])
+        else:
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self.ema.load_state_dict(state["ema"])
         self.step = int(state["progress"]["step"])
         if self.step != checkpoint_step(path):
             raise RuntimeError(f"{path}: meta step {checkpoint_step(path)} != stored step {self.step}")
-        if same_layout:
+        if same_layout and not seed_only:
             self.loader.load_state_dict(pickle.loads(state["data"][f"rank_{self.dist.rank}"]))
         else:
             self.loader.batch_sampler.position = self.step * self.micro_per_step
         self._batches = None
         return "" if same_layout else (f"resharded from {saved['world_size']} ranks x micro-batch "
-                                       f"{saved['micro_batch']} to {self.dist.world_size} x {self.recipe.train.micro_batch}")
+                                       f"{saved['micro_batch']} x {saved['num_workers']} loader workers to "
+                                       f"{self.dist.world_size} x {self.recipe.train.micro_batch} x "
+                                       f"{self.recipe.data.num_workers}")
 
     def save(self) -> float:
-        return self.checkpoints.save(self.step, self.state(), recipe_to_toml(self.recipe))
+        state = self.state(include_optim=self.step > 0)
+        return self.checkpoints.save(self.step, state, recipe_to_toml(self.recipe))
 
     # -- steps ---------------------------------------------------------------------------
     def _autocast(self):
@@ -142,11 +157,14 @@ class Trainer:
         tick = time.perf_counter()
         batches = [self._next_batch() for _ in range(self.micro_per_step)]
         waited = time.perf_counter() - tick
-        valid = [b["valid"].to(self.device, non_blocking=True) for b in batches]
-        count = all_reduce_sum(torch.stack([v.sum() for v in valid]).sum().float())
+        local_count = float(sum(int(b["valid"].sum()) for b in batches))   # CPU tensors: no device sync
+        if self.dist.world_size > 1:
+            count = all_reduce_sum(host_to_device(torch.tensor(local_count), self.device))
+        else:
+            count = local_count
         total = torch.zeros((), device=self.device)
         sharded = hasattr(self.model, "set_requires_gradient_sync")
-        for i, (batch, mask) in enumerate(zip(batches, valid)):
+        for i, batch in enumerate(batches):
             if sharded:   # reduce gradients and reshard parameters once per step, after the last micro-batch
                 last = i == len(batches) - 1
                 self.model.set_requires_gradient_sync(last)
@@ -155,14 +173,18 @@ class Trainer:
             self._seed_dropout(int(batch["global_index"][0]))
             with self._autocast():
                 loss_sum = self.algorithm.loss(self.model, x0, batch["global_index"], r.train.global_batch,
-                                               self.step, valid=mask)
+                                               self.step, valid=batch["valid"])
             (loss_sum * (self.dist.world_size / count)).backward()   # FSDP averages over ranks
             total += loss_sum.detach()
         clip = r.optimizer.grad_clip
         grad_norm = _local(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf))
-        stop = all_reduce_max(torch.tensor(float(self.stop.requested), device=self.device))
-        norm_value, stop_value = torch.stack([grad_norm.float(), stop]).tolist()
-        self.grad_norm, self.stop.requested = norm_value, stop_value > 0
+        if self.dist.world_size > 1:   # every rank stops together if any was asked to
+            stop = all_reduce_max(host_to_device(torch.tensor(float(self.stop.requested)), self.device))
+            norm_value, stop_value = torch.stack([grad_norm.float(), stop]).tolist()
+            self.stop.requested = stop_value > 0
+        else:
+            norm_value = float(grad_norm)
+        self.grad_norm = norm_value
         if self.nonfinite.observe(math.isfinite(norm_value), self.step):
             self.staging_wait_s = self.checkpoints.wait_for_staging()
             self.optimizer.step()
@@ -171,32 +193,18 @@ class Trainer:
         self.step += 1
         return all_reduce_sum(total) / count, waited
 
-    @torch.no_grad()
     def validation_nelbo(self, model: torch.nn.Module) -> float:
-        """Mean NELBO per valid token (nats) over `train.eval_batches` micro-batches of the
-        validation split, in float64 (NaN when the source has no validation split)."""
+        """Mean NELBO per valid token (nats) over the first `train.eval_batches` micro-batches of
+        the validation split, exactly as `imdm eval` computes it (NaN without a validation split)."""
         r = self.recipe
         if not has_validation_split(r):
             return float("nan")
         if not hasattr(self, "_val_dataset"):
             split = "validation" if r.data.source != "synthetic" else "train"
             self._val_dataset = build_dataset(r, split, self.dist.is_main)
-        dataset = self._val_dataset
-        was_training = model.training
-        model.eval()
-        total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
-        gen = torch.Generator().manual_seed(r.data.seed + EVAL_SEED_OFFSET)
-        for b in range(r.train.eval_batches):
-            rows = torch.randint(0, len(dataset), (r.train.micro_batch,), generator=gen)
-            tokens, valid = dataset.rows(rows)
-            index = torch.arange(r.train.micro_batch)
-            with self._autocast():
-                loss = self.algorithm.loss(model, tokens.to(self.device), index, r.train.micro_batch, b,
-                                           seed=r.run.seed + EVAL_SEED_OFFSET, valid=valid.to(self.device))
-            total += loss.double()
-            count += int(valid.sum())
-        model.train(was_training)
-        return float(total) / count
+        nelbo, _ = nelbo_per_token(model, self.algorithm, self._val_dataset, r.train.micro_batch, r.train.eval_batches,
+                                   self.device, r.run.seed)
+        return nelbo
 
     # -- loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
