@@ -41,9 +41,9 @@ class Vocabulary:
 
 
 def build_vocabulary(recipe: Recipe) -> Vocabulary:
-    d = recipe.data
-    if d.source == "synthetic":
-        return Vocabulary(d.vocab_size + 1, d.vocab_size)
+    if recipe.data.source == "synthetic":
+        synthetic = build_dataset(recipe)
+        return Vocabulary(synthetic.model_vocab, synthetic.mask_id)
     from imdm.data.tokenizer import load_tokenizer
     tok = load_tokenizer(recipe.tokenizer.kind, recipe.tokenizer.path)
     return Vocabulary(tok.vocab_size, tok.mask_id, tok)

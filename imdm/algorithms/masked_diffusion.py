@@ -4,6 +4,8 @@ mask state per masked position, so one class serves both."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from imdm.diffusion.forward_process import apply_mask, mask_noise, mask_noise_rows, mask_positions
@@ -50,9 +52,7 @@ class MaskedDiffusion:
         seeds = sample_seeds(seed, step, global_index.cpu())
         masked = mask_positions(seeds, seq_len, 1 - self.schedule.alpha(t))
         scored = masked if valid is None else masked & valid.cpu()
-        def to_device(x):
-            return host_to_device(x, device)
-
+        to_device = functools.partial(host_to_device, device=device)
         masked_rows = [to_device(i) for i in torch.nonzero(masked, as_tuple=True)]
         scored_rows = [to_device(i) for i in torch.nonzero(scored, as_tuple=True)]
         t, seeds, masked = to_device(t), to_device(seeds), to_device(masked)
