@@ -103,3 +103,16 @@ def test_sampling_is_reproducible_from_seeds_and_batch_independent():
     b = torch.cat([ancestral_sample(denoise, sched, settings, seeds[i:i + 4], 64, MASK, _noise_for).tokens
                    for i in range(0, 16, 4)])
     assert torch.equal(a, b)
+
+
+def test_completion_from_a_partially_masked_start_runs_the_grid_from_t_start():
+    start = torch.randint(0, MASK, (16, 64))
+    start[:, ::3] = MASK
+    rec = Recorder()
+    out = ancestral_sample(rec, LogLinearSchedule(), SamplerSettings(4, "mdlm", cached=False), torch.arange(16), 64,
+                           MASK, start=start, t_start=0.4)
+    assert [c[2] for c in rec.calls] == [float(t) for t in time_grid(4, 0.4)[:4]]
+    assert abs(rec.calls[0][2] - 0.4) < 1e-12
+    assert torch.equal(out.tokens[start != MASK], start[start != MASK])
+    assert not (out.tokens == MASK).any()
+    assert torch.equal(start[:, ::3], torch.full_like(start[:, ::3], MASK))   # the caller's tensor is untouched

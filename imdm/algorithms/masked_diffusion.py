@@ -66,8 +66,10 @@ class MaskedDiffusion:
         nll = self._nll(logits, x0[scored_rows[0], scored_rows[1]], self.mask_id)
         return (self.schedule.loss_weight(t)[scored_rows[0]] * nll).sum()
     def sample(self, model: DiT, settings: SamplerSettings, seeds: torch.Tensor, seq_len: int,
-               prefix: torch.Tensor | None = None) -> SampleResult:
-        """Ancestral sampling with the model in eval mode; float64-exact categorical draws."""
+               prefix: torch.Tensor | None = None, start: torch.Tensor | None = None,
+               t_start: float = 1.0) -> SampleResult:
+        """Ancestral sampling with the model in eval mode; float64-exact categorical draws.
+        `start` [B, L] at time `t_start` completes a partially masked sequence."""
         if model.cfg.time_conditioning and settings.cached:
             raise ValueError("cached sampling reuses x_theta across times: invalid with time conditioning")
 
@@ -83,6 +85,6 @@ class MaskedDiffusion:
         model.eval()
         try:
             return ancestral_sample(denoise, self.schedule, settings, seeds, seq_len, self.mask_id,
-                                    noise_for, prefix)
+                                    noise_for, prefix, start, t_start)
         finally:
             model.train(was_training)

@@ -42,24 +42,30 @@ def generation_seeds(seed: int, start: int, count: int) -> torch.Tensor:
     return rng.derive_seed(seed, torch.arange(start, start + count, dtype=torch.int64), rng.STREAM_SAMPLE_SEED)
 
 
-def time_grid(steps: int) -> torch.Tensor:
-    """linspace(1, 1e-5, K + 1) in float64."""
-    return torch.linspace(1.0, T_END, steps + 1, dtype=torch.float64)
+def time_grid(steps: int, t_start: float = 1.0) -> torch.Tensor:
+    """linspace(t_start, 1e-5, K + 1) in float64."""
+    return torch.linspace(t_start, T_END, steps + 1, dtype=torch.float64)
 
 
 @torch.no_grad()
 def ancestral_sample(denoise: Denoiser, schedule, settings: SamplerSettings, seeds: torch.Tensor,
                      seq_len: int, mask_id: int, noise_for: NoiseSource | None = None,
-                     prefix: torch.Tensor | None = None) -> SampleResult:
+                     prefix: torch.Tensor | None = None, start: torch.Tensor | None = None,
+                     t_start: float = 1.0) -> SampleResult:
     """Generate len(seeds) sequences. Every random choice derives from the per-sample seeds.
-    `prefix` [B, P] clamps the first P positions to data (conditional generation)."""
+    `prefix` [B, P] clamps the first P positions to data (conditional generation). `start`
+    [B, L] is a partially masked z at time `t_start` to complete (the grid then runs from
+    t_start down); by default generation starts from all-mask at t = 1."""
     batch, device = seeds.shape[0], seeds.device
-    z = torch.full((batch, seq_len), mask_id, dtype=torch.int64, device=device)
+    if start is not None:
+        z = start.to(device=device, dtype=torch.int64).clone()
+    else:
+        z = torch.full((batch, seq_len), mask_id, dtype=torch.int64, device=device)
     if prefix is not None:
         z[:, : prefix.shape[1]] = prefix
     generation = torch.zeros((batch, seq_len), dtype=torch.int64, device=device)
     noise = noise_for(seeds, generation) if noise_for is not None else None
-    grid = time_grid(settings.steps)
+    grid = time_grid(settings.steps, t_start)
     log_x, nfe = None, 0
     for j in range(settings.steps):
         t = grid[j]
