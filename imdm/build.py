@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from imdm.algorithms.masked_diffusion import MaskedDiffusion
+from imdm.algorithms.redi import Rectification
+from imdm.algorithms.sdtt import Distillation, Rounds
 from imdm.data.synthetic import SyntheticRepeat
 from imdm.diffusion.schedule import make_schedule
 from imdm.models.dit import DiT, DiTConfig
@@ -23,6 +25,9 @@ def build_dataset(recipe: Recipe, split: str = "train", is_main: bool = True):
     d = recipe.data
     if d.source == "synthetic":
         return SyntheticRepeat(d.vocab_size, d.seq_len, d.num_sequences, d.seed)
+    if d.source == "couplings":
+        from imdm.data.coupling_store import open_coupling_set
+        return open_coupling_set(recipe)
     from imdm.data.text_dataset import open_text_dataset
     return open_text_dataset(recipe, split, is_main)
 
@@ -40,7 +45,21 @@ class Vocabulary:
     tokenizer: object | None = None
 
 
+def data_origin(recipe: Recipe) -> str:
+    """data.source, or for a coupling set the source its training sequences came from."""
+    if recipe.data.source != "couplings":
+        return recipe.data.source
+    return build_dataset(recipe).manifest["data"]["source"]
+
+
 def build_vocabulary(recipe: Recipe) -> Vocabulary:
+    if recipe.data.source == "couplings":
+        m = build_dataset(recipe).manifest
+        tok = None
+        if m["tokenizer"] is not None:
+            from imdm.data.tokenizer import load_tokenizer
+            tok = load_tokenizer(m["tokenizer"]["kind"], m["tokenizer"]["path"])
+        return Vocabulary(m["model_vocab"], m["mask_id"], tok)
     if recipe.data.source == "synthetic":
         synthetic = build_dataset(recipe)
         return Vocabulary(synthetic.model_vocab, synthetic.mask_id)
@@ -72,9 +91,21 @@ def build_model(recipe: Recipe, vocab_size: int, mask_id: int, device: torch.dev
 
 def build_algorithm(recipe: Recipe, mask_id: int, device: torch.device | str = "cpu") -> MaskedDiffusion:
     a = recipe.algorithm
-    fuse = torch.device(device).type == "cuda" and recipe.parallelism.compile != "off"
+    cuda = torch.device(device).type == "cuda"
+    fuse = cuda and recipe.parallelism.compile != "off"
     return MaskedDiffusion(make_schedule(a.noise_schedule, a.schedule_eps), mask_id, recipe.run.seed, a.antithetic,
-                           fuse=fuse)
+                           fuse=fuse, fused_loss=cuda)
+
+
+def build_distillation(recipe: Recipe, base: MaskedDiffusion, teacher: torch.nn.Module) -> Distillation:
+    """SDTT / IM-SDTT around `base` with `teacher`, a frozen model built like the student."""
+    d = recipe.distill
+    return Distillation(base, teacher, Rounds(d.round_steps, d.rounds, d.teacher_steps), d.divergence)
+
+
+def build_rectification(recipe: Recipe, base: MaskedDiffusion) -> Rectification:
+    """ReDi / IM-ReDi around `base`: the loss on coupling batches."""
+    return Rectification(base, recipe.algorithm.ignore_seed)
 
 
 def sampler_settings(recipe: Recipe, steps: int) -> SamplerSettings:
@@ -82,4 +113,4 @@ def sampler_settings(recipe: Recipe, steps: int) -> SamplerSettings:
     posterior = s.posterior if s.posterior != "auto" else recipe.algorithm.name
     return SamplerSettings(steps=steps, posterior=posterior, fix_eps=s.fix_eps,
                            cached=s.cached and not recipe.algorithm.time_conditioning,
-                           temperature=s.temperature, top_p=s.top_p)
+                           temperature=s.temperature, top_p=s.top_p, kernel=s.kernel)

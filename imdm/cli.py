@@ -1,4 +1,4 @@
-"""The `imdm` command line: check, train, sample, eval, quickstart. Recipe and checkpoint
+"""The `imdm` command line: check, train, couplings, pipeline, sample, eval, quickstart. Recipe and checkpoint
 problems end with a message and exit status 2, not a traceback. `check` never imports torch."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def cmd_check(args) -> int:
     recipe_path, overrides = _split_recipe_and_overrides(args.items)
     recipe = load_recipe(recipe_path, overrides, world_size=args.world_size)
     d, b, h = recipe.model.dims()
-    print(f"{recipe_path}: ok ({recipe.algorithm.name}, model {recipe.model.size} d={d} blocks={b} heads={h}, "
+    print(f"{recipe_path}: ok ({recipe.algorithm.method}, model {recipe.model.size} d={d} blocks={b} heads={h}, "
           f"{recipe.train.steps} steps of {recipe.train.global_batch} sequences)")
     return 0
 
@@ -40,6 +40,36 @@ def cmd_train(args) -> int:
                               "val_nelbo_ema": result.val_nelbo, "stopped_early": result.stopped_early}))
     finally:
         shutdown()
+    return 0
+
+
+def cmd_couplings(args) -> int:
+    from imdm.parallel.distributed import init_distributed, shutdown
+    from imdm.recipe.loader import load_recipe
+    recipe_path, overrides = _split_recipe_and_overrides(args.items)
+    recipe = load_recipe(recipe_path, overrides)   # the training layout does not constrain generation
+    from imdm.couplings import generate_couplings
+    dist = init_distributed(recipe.train.device)
+    try:
+        folder = generate_couplings(recipe, dist)
+        if dist.is_main:
+            print(json.dumps({"couplings": str(folder), "num": recipe.couplings.num, "complete": True}))
+    finally:
+        shutdown()
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from imdm.parallel.distributed import shutdown
+    from imdm.pipeline import StageFailed, run_pipeline
+    try:
+        stages = run_pipeline(args.pipeline, args.overrides)
+    except StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown()
+    print(json.dumps({"pipeline": args.pipeline, "stages": [s.name for s in stages], "finished": True}))
     return 0
 
 
@@ -78,8 +108,9 @@ def cmd_eval(args) -> int:
     from imdm.run_loading import load_run
     device = _device(args.device)
     run = load_run(args.run_dir, device, args.overrides)
-    if run.recipe.data.source == "synthetic":
-        rows = [{"method": run.recipe.algorithm.name, "num_samples": run.recipe.sampling.num_samples, **row}
+    from imdm.build import data_origin
+    if data_origin(run.recipe) == "synthetic":
+        rows = [{"method": run.recipe.algorithm.method, "num_samples": run.recipe.sampling.num_samples, **row}
                 for row in evaluate_synthetic(run.recipe, run.model, run.algorithm, device)]
         table = format_table(rows, run.recipe.data.vocab_size, run.recipe.data.seq_len)
     else:
@@ -111,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from a recipe (default: the packaged quickstart); torchrun-ready")
     p.add_argument("items", nargs="*", metavar="RECIPE|KEY=VALUE")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("couplings", help="ReDi couplings: a teacher run completes noised training sequences into "
+                                         "run.output_dir/run.name/couplings; resumable; torchrun-ready")
+    p.add_argument("items", nargs="*", metavar="RECIPE|KEY=VALUE")
+    p.set_defaults(func=cmd_couplings)
+
+    p = sub.add_parser("pipeline", help="run a pipeline's stages in order (train, couplings), skipping finished ones")
+    p.add_argument("pipeline", metavar="PIPELINE.toml|builtin:pipelines/NAME")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every stage")
+    p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("sample", help="generate from a run's newest checkpoint (EMA weights)")
     p.add_argument("run_dir")

@@ -2,7 +2,9 @@
 for the rest (embeddings, mask-state MLP, time embedder). Parameters are gathered in bf16 for
 compute when asked; gradients are reduced in float32 and averaged over the data-parallel ranks
 (FSDP2's default, which works on NCCL and gloo), so the loop scales its loss by the world size
-to obtain the gradient of the global-token-count-normalised loss."""
+to obtain the gradient of the global-token-count-normalised loss. Forward inputs are not cast:
+the residual stream, the mask-state noise and the loss weights stay float32, as on one GPU
+(autocast decides the matmul dtype)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ except ImportError:  # torch < 2.6 kept FSDP2 under _composable
 def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | None,
                reshard_after_forward: bool) -> nn.Module:
     """Shard `model` (a DiT) in place over `mesh` and return it."""
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for block in model.blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model.head, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from imdm.diffusion.forward_process import mask_noise
@@ -116,3 +117,26 @@ def test_completion_from_a_partially_masked_start_runs_the_grid_from_t_start():
     assert torch.equal(out.tokens[start != MASK], start[start != MASK])
     assert not (out.tokens == MASK).any()
     assert torch.equal(start[:, ::3], torch.full_like(start[:, ::3], MASK))   # the caller's tensor is untouched
+
+
+@pytest.mark.parametrize("kernel,batch,seq_len,steps", [("eager", 8, 64, 12), ("triton", 3, 8, 6)])
+def test_per_sample_start_times_equal_one_call_per_sample(kernel, batch, seq_len, steps):
+    def denoise(z, noise, t):   # depends on z and on the noise, so every choice matters
+        logits = torch.stack([noise[..., 0] * k + (z == k).sum(-1, keepdim=True) for k in range(V)], -1)
+        return torch.log_softmax(logits.float(), -1)
+
+    def noise_for(seeds, generation):
+        return mask_noise(seeds, seq_len, 3, "uniform", generation)
+
+    seeds = torch.arange(40, 40 + batch)
+    start = torch.randint(0, MASK, (batch, seq_len))
+    start[torch.rand(batch, seq_len) < 0.6] = MASK
+    t = torch.linspace(0.2, 1.0, batch, dtype=torch.float64)
+    settings = SamplerSettings(steps, "imdm", cached=True, kernel=kernel)
+    together = ancestral_sample(denoise, LogLinearSchedule(), settings, seeds, seq_len, MASK, noise_for,
+                                start=start, t_start=t).tokens
+    alone = torch.cat([ancestral_sample(denoise, LogLinearSchedule(), settings, seeds[i:i + 1], seq_len, MASK,
+                                        noise_for, start=start[i:i + 1], t_start=float(t[i])).tokens
+                       for i in range(batch)])
+    assert torch.equal(together, alone)
+    assert not (together == MASK).any() and torch.equal(together[start != MASK], start[start != MASK])

@@ -152,3 +152,14 @@ def test_resume_with_other_loader_workers(tmp_path):
     resumed.fit()
     a, b = _params(straight), _params(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_recipe_written_before_a_new_key_existed_still_resumes():
+    from imdm.recipe import Recipe
+    from imdm.recipe.writer import recipe_to_toml
+    from imdm.train.run_dir import recipe_changes
+    text = recipe_to_toml(Recipe())
+    old = "\n".join(line for line in text.splitlines() if not line.startswith("from_run"))
+    assert "from_run" in text and "from_run" not in old
+    assert recipe_changes(old, text) == []
+    assert recipe_changes(old, text.replace('from_run = ""', 'from_run = "other"')) == ["init.from_run"]

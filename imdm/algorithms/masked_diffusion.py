@@ -8,10 +8,10 @@ import functools
 
 import torch
 
-from imdm.diffusion.forward_process import apply_mask, mask_noise, mask_noise_rows, mask_positions
+from imdm.diffusion.forward_process import apply_mask, mask_noise, mask_positions
 from imdm.diffusion.nelbo import masked_token_nll
-from imdm.diffusion.subs import subs_log_probs
 from imdm.diffusion.times import sample_seeds, training_times
+from imdm.kernels import masking
 from imdm.models.dit import DiT
 from imdm.parallel.distributed import host_to_device
 from imdm.sampling.ancestral import SamplerSettings, SampleResult, ancestral_sample
@@ -20,15 +20,19 @@ from imdm.sampling.ancestral import SamplerSettings, SampleResult, ancestral_sam
 class MaskedDiffusion:
     """Loss and sampler of a masked diffusion model; `model.mask_state` decides MDLM vs IMDM."""
 
-    def __init__(self, schedule, mask_id: int, seed: int, antithetic: bool = True, fuse: bool = False):
+    def __init__(self, schedule, mask_id: int, seed: int, antithetic: bool = True, fuse: bool = False,
+                 kernels: str = "auto", fused_loss: bool = False):
         self.schedule = schedule
         self.mask_id = mask_id
         self.seed = seed
         self.antithetic = antithetic
-        # On GPU, the counter-based hash (dozens of int64 element-wise ops) and the SUBS
-        # cross-entropy are each compiled into fused kernels; the results are those of the
-        # eager functions (bit-identical for the hash).
-        self._noise_rows = torch.compile(mask_noise_rows, dynamic=True) if fuse else mask_noise_rows
+        # fused_loss: the model's head returns the weighted NLL sum through the fused
+        # head-matmul + cross-entropy kernel (imdm.kernels.masked_loss), with no [N, V] logits
+        self.fused_loss = fused_loss
+        # The mask-state noise rows come from the Triton kernel on CUDA tensors (`kernels`: "auto";
+        # "triton" or "eager" forces one side), bit-identical to the eager hash; on GPU the SUBS
+        # cross-entropy is compiled into fused kernels with the eager function's results.
+        self._noise_rows = functools.partial(masking.mask_noise_rows, backend=kernels)
         self._nll = torch.compile(masked_token_nll, dynamic=True) if fuse else masked_token_nll
 
     def noise(self, model: DiT, seeds: torch.Tensor, seq_len: int, generation=0) -> torch.Tensor | None:
@@ -61,21 +65,26 @@ class MaskedDiffusion:
         if model.mask_state is not None:
             cfg = model.mask_state.cfg
             noise = self._noise_rows(seeds[masked_rows[0]], masked_rows[1], cfg.noise_width, cfg.noise_dist)
-        logits = model(z, noise, self.schedule.sigma(t), select=tuple(scored_rows),
-                       noise_index=tuple(masked_rows))
-        nll = self._nll(logits, x0[scored_rows[0], scored_rows[1]], self.mask_id)
-        return (self.schedule.loss_weight(t)[scored_rows[0]] * nll).sum()
+        targets = x0[scored_rows[0], scored_rows[1]]
+        weights = self.schedule.loss_weight(t)[scored_rows[0]]
+        rows = dict(select=tuple(scored_rows), noise_index=tuple(masked_rows))
+        if self.fused_loss:
+            return model(z, noise, self.schedule.sigma(t), targets=targets, row_weight=weights, **rows)
+        logits = model(z, noise, self.schedule.sigma(t), **rows)
+        return (weights * self._nll(logits, targets, self.mask_id)).sum()
+
     def sample(self, model: DiT, settings: SamplerSettings, seeds: torch.Tensor, seq_len: int,
                prefix: torch.Tensor | None = None, start: torch.Tensor | None = None,
-               t_start: float = 1.0) -> SampleResult:
-        """Ancestral sampling with the model in eval mode; float64-exact categorical draws.
-        `start` [B, L] at time `t_start` completes a partially masked sequence."""
+               t_start: float | torch.Tensor = 1.0) -> SampleResult:
+        """Ancestral sampling with the model in eval mode; float64-exact categorical draws
+        (`settings.kernel`: the fused Triton step or its eager reference). `start` [B, L] at
+        time `t_start` completes a partially masked sequence."""
         if model.cfg.time_conditioning and settings.cached:
             raise ValueError("cached sampling reuses x_theta across times: invalid with time conditioning")
 
-        def denoise(z, noise, t):
-            sigma = self.schedule.sigma(torch.full((z.shape[0],), t, device=z.device))
-            return subs_log_probs(model(z, noise, sigma), z, self.mask_id)
+        def denoise(z, noise, t):       # raw logits: the sampler step applies SUBS
+            sigma = self.schedule.sigma(torch.as_tensor(t, dtype=torch.float32, device=z.device).expand(z.shape[0]))
+            return model(z, noise, sigma)
 
         noise_for = None
         if model.mask_state is not None:

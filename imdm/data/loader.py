@@ -1,7 +1,8 @@
 """Per-rank loading with torchdata's StatefulDataLoader. The batch sampler walks the global
 order (a pure function of the seed and the step) and yields this rank's micro-batches; its
 position is the loader state saved in checkpoints, so a resumed run reads exactly the next
-batch. Each item is a whole micro-batch: {tokens, valid, global_index, step}."""
+batch. Each item is a whole micro-batch: {tokens, valid, global_index, step}, plus `extras`
+(a dict of per-row tensors) for datasets that have `extras(index)`."""
 
 from __future__ import annotations
 
@@ -67,7 +68,10 @@ class OrderedRows(torch.utils.data.Dataset):
         rows = self.order.global_rows(step)
         index = torch.tensor([p % gb for p in positions], dtype=torch.int64)
         tokens, valid = self.dataset.rows(rows[index])
-        return {"tokens": tokens, "valid": valid, "global_index": index, "step": step}
+        batch = {"tokens": tokens, "valid": valid, "global_index": index, "step": step}
+        if hasattr(self.dataset, "extras"):   # per-row fields beyond the tokens (a coupling's z_t, t, seed)
+            batch["extras"] = self.dataset.extras(rows[index])
+        return batch
 
 
 def _whole_batch(batch: dict) -> dict:

@@ -10,35 +10,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass(frozen=True)
 class StepWeights:
-    """Probabilities of one reverse step for a masked position (scalars, float64)."""
-    unmask: float        # total mass of "become a real token" (times x_theta(v) per token)
-    stay_keep: float     # stay masked with the same mask state
-    stay_redraw: float   # stay masked with a fresh mask state
+    """Probabilities of one reverse step for a masked position: floats, or float64 tensors with
+    one value per sample."""
+    unmask: float | torch.Tensor        # total mass of "become a real token" (times x_theta(v) per token)
+    stay_keep: float | torch.Tensor     # stay masked with the same mask state
+    stay_redraw: float | torch.Tensor   # stay masked with a fresh mask state
 
     @property
-    def stay(self) -> float:
+    def stay(self) -> float | torch.Tensor:
         return self.stay_keep + self.stay_redraw
 
-    @property
-    def redraw_share(self) -> float:
-        """P(re-draw | stay)."""
-        return self.stay_redraw / self.stay if self.stay > 0 else 0.0
 
-
-def step_weights(alpha_t: float, alpha_s: float, posterior: str, fix_eps: bool = False) -> StepWeights:
-    """The three-way (or MDLM two-way) split of SPEC sections 1-2 for alpha_t <= alpha_s <= 1."""
-    alpha_t, alpha_s = float(alpha_t), float(alpha_s)
-    if not 0.0 <= alpha_t <= alpha_s <= 1.0 or alpha_t == 1.0:
-        raise ValueError(f"need 0 <= alpha_t <= alpha_s <= 1 and alpha_t < 1, got {alpha_t}, {alpha_s}")
-    norm = 1.0 - alpha_t
-    unmask = (alpha_s - alpha_t) / norm
-    stay = (1.0 - alpha_s) / norm
-    if posterior == "mdlm" or fix_eps:
-        return StepWeights(unmask, stay, 0.0)
-    if posterior != "imdm":
+def step_weights(alpha_t, alpha_s, posterior: str, fix_eps: bool = False) -> StepWeights:
+    """The three-way (or MDLM two-way) split of SPEC sections 1-2 for alpha_t <= alpha_s <= 1 and
+    alpha_t < 1; floats give floats, float64 tensors (one value per sample) give tensors."""
+    if posterior not in ("mdlm", "imdm"):
         raise ValueError(f"unknown posterior {posterior!r}")
-    a_ts = alpha_t / alpha_s
-    return StepWeights(unmask, (a_ts - alpha_t) / norm, (1.0 - a_ts) * (1.0 - alpha_s) / norm)
+    a_t = torch.as_tensor(alpha_t, dtype=torch.float64)
+    a_s = torch.as_tensor(alpha_s, dtype=torch.float64)
+    if not bool(((0 <= a_t) & (a_t <= a_s) & (a_s <= 1) & (a_t < 1)).all()):
+        raise ValueError(f"need 0 <= alpha_t <= alpha_s <= 1 and alpha_t < 1, got {alpha_t}, {alpha_s}")
+    norm = 1.0 - a_t
+    unmask = (a_s - a_t) / norm
+    stay = (1.0 - a_s) / norm
+    if posterior == "mdlm" or fix_eps:
+        keep, redraw = stay, torch.zeros_like(stay)
+    else:
+        a_ts = a_t / a_s
+        keep, redraw = (a_ts - a_t) / norm, (1.0 - a_ts) * (1.0 - a_s) / norm
+    if isinstance(alpha_t, torch.Tensor) or isinstance(alpha_s, torch.Tensor):
+        return StepWeights(unmask, keep, redraw)
+    return StepWeights(float(unmask), float(keep), float(redraw))

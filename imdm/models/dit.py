@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imdm.kernels.masked_loss import fused_masked_nll
 from imdm.models.attention import SelfAttention
 from imdm.models.layers import LayerNormNoBias, TimestepEmbedder, modulate, rotary_tables
 from imdm.models.mask_state import MaskStateConfig, MaskStateEmbedding
@@ -58,23 +59,32 @@ class DiTBlock(nn.Module):
 
 class OutputHead(nn.Module):
     """LayerNorm -> adaLN shift/scale -> Linear(d, V) with bias, zero-initialised; rows beyond
-    V (padding for fast matmuls) are sliced off."""
+    V (padding for fast matmuls) are sliced off. Can return the weighted SUBS NLL instead of
+    logits (the fused loss runs here, where FSDP2 has gathered the head's weights)."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.vocab_size = cfg.vocab_size
+        self.mask_id = cfg.mask_id
         self.norm = LayerNormNoBias(cfg.d_model)
         self.adaLN = nn.Linear(cfg.cond_dim, 2 * cfg.d_model)
         self.linear = nn.Linear(cfg.d_model, cfg.padded_vocab)
         for p in (self.adaLN.weight, self.adaLN.bias, self.linear.weight, self.linear.bias):
             nn.init.zeros_(p)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, select=None) -> torch.Tensor:
-        """Logits [B, L, V], or [N, V] at the positions `select` = (batch_idx, pos_idx)."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor, select=None, targets=None, row_weight=None) -> torch.Tensor:
+        """Logits [B, L, V], or [N, V] at the positions `select` = (batch_idx, pos_idx). With
+        `targets` and `row_weight` [N] (given with `select`): sum_i row_weight_i * -log
+        x_theta[targets_i] under SUBS, a 0-dim float32 tensor, from the fused kernel (no logits)."""
         shift, scale = self.adaLN(c)[:, None].chunk(2, dim=2)
         h = modulate(self.norm(x), shift, scale)
         if select is not None:
             h = h[select]
+        if targets is not None:
+            if torch.is_autocast_enabled(h.device.type):   # the matmuls in autocast's dtype, as self.linear's
+                h = h.to(torch.get_autocast_dtype(h.device.type))
+            return fused_masked_nll(h, self.linear.weight, self.linear.bias, targets, row_weight, self.mask_id,
+                                    self.vocab_size)
         logits = self.linear(h)
         if self.linear.out_features == self.vocab_size:
             return logits
@@ -93,9 +103,11 @@ class DiT(nn.Module):
         self.head = OutputHead(cfg)
 
     def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None,
-                sigma: torch.Tensor | None = None, select=None, noise_index=None) -> torch.Tensor:
+                sigma: torch.Tensor | None = None, select=None, noise_index=None, targets=None,
+                row_weight=None) -> torch.Tensor:
         """Logits before SUBS: [B, L, V], or [N, V] at `select` = (batch_idx, pos_idx) (the loss
-        scores masked rows only, so the head never sees the rest). `noise` is the mask-state
+        scores masked rows only, so the head never sees the rest); with `targets` and
+        `row_weight` [N] as well, the weighted NLL sum of OutputHead.forward. `noise` is the mask-state
         base noise (required for IMDM): [B, L, noise_width] for every position, or [M,
         noise_width] for the mask positions listed in `noise_index` (the MLP then runs on
         those rows only). `sigma` is the noise level (time-conditioned models only)."""
@@ -114,7 +126,7 @@ class DiT(nn.Module):
         cos, sin = rotary_tables(tokens.shape[1], self.cfg.d_model // self.cfg.n_heads, tokens.device)
         for block in self.blocks:
             x = block(x, c, cos, sin)
-        return self.head(x, c, select)
+        return self.head(x, c, select, targets, row_weight)
 
 
 def count_parameters(model: nn.Module) -> int:

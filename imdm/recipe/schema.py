@@ -65,6 +65,46 @@ class AlgorithmSection:
     noise_schedule: str = spec("loglinear", choices=("loglinear", "cosine"), doc="alpha_t")
     schedule_eps: float = spec(1e-3, gt=0.0, le=0.5, doc="alpha_1 = schedule_eps")
     antithetic: bool = spec(True, doc="stratify t over the global batch")
+    objective: str = spec("nelbo", choices=("nelbo", "sdtt", "redi"),
+                          doc="training loss: the NELBO, or SDTT distillation ([distill]; IM-SDTT when name = imdm), "
+                              "or ReDi on a coupling set (data.source = 'couplings'; IM-ReDi when name = imdm)")
+    ignore_seed: bool = spec(False, doc="ReDi: fresh mask states instead of the coupling's seeded ones (MDLM teachers)")
+
+    @property
+    def method(self) -> str:
+        """The method's short name: mdlm or imdm, else the objective with an 'im' prefix for IMDM
+        (sdtt, imsdtt, ...)."""
+        if self.objective == "nelbo":
+            return self.name
+        return ("im" if self.name == "imdm" else "") + self.objective
+
+
+DIVERGENCES = ("kl_bwd", "kl_fwd", "mse", "tvd")
+
+
+@dataclass
+class DistillSection:
+    divergence: str = spec("kl_bwd", choices=DIVERGENCES,
+                           doc="student vs teacher per masked position: reverse KL, forward KL, MSE of log-probs, TV")
+    round_steps: int = spec(10_000, gt=0, doc="optimizer steps per round; each round doubles dt and refreshes the teacher")
+    rounds: int = spec(7, gt=0, doc="rounds in all (the student ends at teacher_steps / 2^rounds steps)")
+    teacher_steps: int = spec(1024, gt=1, doc="round 0 step count: dt_0 = (1 - 1e-3) / teacher_steps")
+
+
+@dataclass
+class InitSection:
+    from_run: str = spec("", doc="start from the EMA weights of run.output_dir/NAME's newest checkpoint")
+
+
+@dataclass
+class CouplingsSection:
+    teacher_run: str = spec("", doc="imdm couplings: the run (under run.output_dir) whose EMA weights complete z_t")
+    num: int = spec(100_000, gt=0, doc="couplings to generate")
+    seed: int = spec(42, ge=0, doc="generation seed: t, z_t and each coupling's seed derive from (seed, index)")
+    steps: int = spec(1024, gt=0, doc="teacher sampling steps from t down")
+    start: str = spec("perturbed", choices=("perturbed", "all_mask"),
+                      doc="perturbed: a training sequence noised to z_t at t ~ U(0, 1); all_mask: t = 1")
+    chunk: int = spec(128, gt=0, doc="couplings generated, written and marked done together (the unit of resume)")
 
 
 HUB_SET_NAMES = ("openwebtext", "lm1b", "wikitext2", "wikitext103", "ptb", "lambada", "ag_news",
@@ -74,8 +114,10 @@ DETOKENIZER_NAMES = ("auto", "none", "wikitext", "ptb", "lm1b", "lambada", "scie
 
 @dataclass
 class DataSection:
-    source: str = spec("synthetic", choices=("synthetic", "local", "hub", "store"),
-                       doc="synthetic task, local text files, a Hugging Face dataset, or a prepared token store")
+    source: str = spec("synthetic", choices=("synthetic", "local", "hub", "store", "couplings"),
+                       doc="synthetic task, local text files, a Hugging Face dataset, a prepared token store, "
+                           "or a coupling set (ReDi)")
+    couplings: str = spec("", doc="couplings: the run name that generated the set (run.output_dir/NAME/couplings)")
     seq_len: int = spec(8, gt=1, doc="L, tokens per sequence")
     vocab_size: int = spec(64, gt=1, doc="synthetic: number of real tokens (mask appended)")
     num_sequences: int = spec(100_000, gt=0, doc="synthetic: size of the training set")
@@ -171,6 +213,8 @@ class SamplingSection:
     cached: bool = spec(True, doc="reuse x_theta when a step changed nothing")
     temperature: float = spec(1.0, gt=0.0, doc="x_theta ** (1/T), renormalised")
     top_p: float = spec(1.0, gt=0.0, le=1.0, doc="nucleus filtering of x_theta (1 = off)")
+    kernel: str = spec("auto", choices=("auto", "triton", "eager"),
+                       doc="sampler step: auto = the fused Triton kernel on GPU, else the eager float64 one")
     prefix_len: int = spec(0, ge=0, doc="positions clamped to data (conditional generation)")
     seed: int = spec(42, ge=0, doc="seed of the generated samples")
 
@@ -187,7 +231,8 @@ SECTIONS: dict[str, type] = {
     "tokenizer": TokenizerSection, "eval": EvalSection,
     "optimizer": OptimizerSection, "schedule": ScheduleSection, "train": TrainSection,
     "parallelism": ParallelismSection, "checkpoint": CheckpointSection,
-    "sampling": SamplingSection, "logging": LoggingSection,
+    "sampling": SamplingSection, "logging": LoggingSection, "distill": DistillSection, "init": InitSection,
+    "couplings": CouplingsSection,
 }
 
 
@@ -206,6 +251,9 @@ class Recipe:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     sampling: SamplingSection = field(default_factory=SamplingSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    init: InitSection = field(default_factory=InitSection)
+    couplings: CouplingsSection = field(default_factory=CouplingsSection)
 
     def cross_checks(self, world_size: int | None = None) -> list[str]:
         """Problems that involve several fields, as 'key: message' lines."""
@@ -236,8 +284,45 @@ class Recipe:
             problems.append(f"sampling.num_samples: {self.sampling.num_samples} is not a multiple of "
                             f"sampling.batch ({self.sampling.batch})")
         problems += self._data_checks()
+        problems += self._distill_checks()
+        problems += self._redi_checks()
         if self.algorithm.name == "mdlm" and self.sampling.posterior == "imdm":
             problems.append("sampling.posterior: 'imdm' needs mask states; algorithm.name is 'mdlm'")
+        return problems
+
+    def _distill_checks(self) -> list[str]:
+        d, problems = self.distill, []
+        if self.init.from_run and self.init.from_run == self.run.name:
+            problems.append(f"init.from_run: run '{self.run.name}' cannot start from itself")
+        if self.algorithm.objective != "sdtt":
+            if d != DistillSection():
+                problems.append("distill: these settings need algorithm.objective = 'sdtt'")
+            return problems
+        if not self.init.from_run:
+            problems.append("init.from_run: distillation starts from a trained model; name its run")
+        if d.teacher_steps < 2 ** d.rounds:
+            problems.append(f"distill.teacher_steps: {d.teacher_steps} steps cannot halve {d.rounds} times "
+                            f"(distill.rounds); need at least {2 ** d.rounds}")
+        if self.train.steps > d.rounds * d.round_steps:
+            problems.append(f"train.steps: {self.train.steps} runs past the last round (distill.rounds x "
+                            f"distill.round_steps = {d.rounds * d.round_steps})")
+        return problems
+
+    def _redi_checks(self) -> list[str]:
+        a, d, problems = self.algorithm, self.data, []
+        if (a.objective == "redi") != (d.source == "couplings"):
+            problems.append("algorithm.objective: 'redi' trains on a coupling set and only it does: set both "
+                            "algorithm.objective = 'redi' and data.source = 'couplings', or neither")
+        if d.source == "couplings" and not d.couplings:
+            problems.append("data.couplings: a couplings source needs the run name that generated the set")
+        if d.couplings and d.couplings == self.run.name:
+            problems.append(f"data.couplings: the student needs its own run.name, not the coupling set's "
+                            f"'{d.couplings}'")
+        if a.ignore_seed and (a.objective != "redi" or a.name != "imdm"):
+            problems.append("algorithm.ignore_seed: only IM-ReDi (objective 'redi', name 'imdm') uses mask-state seeds")
+        if self.couplings.teacher_run and self.couplings.teacher_run == self.run.name:
+            problems.append(f"couplings.teacher_run: the coupling set needs its own run.name, not the teacher's "
+                            f"'{self.run.name}'")
         return problems
 
     def _data_checks(self) -> list[str]:

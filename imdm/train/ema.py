@@ -17,6 +17,13 @@ def clean_name(name: str) -> str:
     return name
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (DTensor) tensor, or the tensor itself: shadows and
+    parameters are sharded alike, so the average is element-wise on the shards and avoids
+    DTensor's per-tensor dispatch cost."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def named_parameters(model: nn.Module) -> dict:
     return {clean_name(n): p for n, p in model.named_parameters()}
 
@@ -38,7 +45,8 @@ class EMA:
         weight = 1.0 - self.current_decay()
         names = list(self.shadow)
         params = named_parameters(model)
-        torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach().float() for n in names], weight)
+        shadows = [_local(self.shadow[n]) for n in names]
+        torch._foreach_lerp_(shadows, [_local(params[n].detach()).float() for n in names], weight)
         self.num_updates += 1
 
     @torch.no_grad()

@@ -24,8 +24,10 @@ def _flat(text: str) -> dict:
 
 
 def recipe_changes(old_toml: str, new_toml: str) -> list[str]:
-    """Keys whose values differ and that would change what a resumed run trains."""
-    old, new = _flat(old_toml), _flat(new_toml)
+    """Keys whose values differ and that would change what a resumed run trains. A key missing
+    from either recipe (written before the key existed) counts as its default."""
+    defaults = _flat(recipe_to_toml(Recipe()))
+    old, new = {**defaults, **_flat(old_toml)}, {**defaults, **_flat(new_toml)}
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     return [k for k in changed if k not in RESUMABLE_CHANGES and k.split(".")[0] not in RESUMABLE_SECTIONS]
 

@@ -1,11 +1,12 @@
 """The training loop: global-batch semantics over data-parallel ranks and micro-batches (each
-rank's loss sum is divided by the global valid-token count before backward), AdamW
-with warm-up, clipping, EMA sharded like the parameters, bf16 autocast on GPU, FSDP2/HSDP,
-atomic (optionally asynchronous) DCP checkpoints with exact resume, SIGTERM and non-finite
-policies, and metrics (tokens/s, MFU, memory, data-wait share)."""
+rank's loss sum is divided by the global valid-token count, or the algorithm's own count,
+before backward), AdamW with warm-up, clipping, EMA sharded like the parameters, bf16
+autocast on GPU, FSDP2/HSDP, atomic (optionally asynchronous) DCP checkpoints with exact
+resume, SIGTERM and non-finite policies, and metrics (tokens/s, MFU, memory, data-wait share)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 import time
@@ -17,7 +18,8 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_s
                                                      set_state_dict)
 
 from imdm import rng
-from imdm.build import build_algorithm, build_dataset, build_model, has_validation_split
+from imdm.build import (build_algorithm, build_dataset, build_distillation, build_model, build_rectification,
+                        has_validation_split)
 from imdm.data.loader import make_loader
 from imdm.data.order import GlobalBatchOrder
 from imdm.eval.perplexity import nelbo_per_token
@@ -28,6 +30,7 @@ from imdm.train.checkpoint import CheckpointManager, checkpoint_step, latest_che
 from imdm.train.ema import EMA
 from imdm.train.faults import NonFinitePolicy, StopRequest, maybe_inject_failure
 from imdm.train.flops import device_peak_flops, flops_per_token
+from imdm.train.init_from_run import load_ema_weights
 from imdm.train.lr import lr_factor
 from imdm.train.metrics import MetricsLog
 from imdm.train.parallelize import training_model
@@ -63,10 +66,15 @@ class Trainer:
         self.run_dir = Path(recipe.run.output_dir) / recipe.run.name
         self.dataset = build_dataset(recipe, recipe.data.split, dist.is_main)
         self.model = training_model(recipe, self.dataset.model_vocab, self.dataset.mask_id, dist)
-        self.algorithm = build_algorithm(recipe, self.dataset.mask_id, self.device)
+        self.diffusion = build_algorithm(recipe, self.dataset.mask_id, self.device)   # sampling and the NELBO
+        objective = recipe.algorithm.objective
+        if objective == "sdtt":
+            self.algorithm = build_distillation(recipe, self.diffusion, self._teacher_model())
+        else:   # ReDi trains on the coupling fields each batch carries
+            self.algorithm = build_rectification(recipe, self.diffusion) if objective == "redi" else self.diffusion
         o = recipe.optimizer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
-                                           eps=o.eps, weight_decay=o.weight_decay)
+                                           eps=o.eps, weight_decay=o.weight_decay, fused=True)
         self.ema = EMA(self.model, recipe.train.ema_decay)
         order = GlobalBatchOrder(len(self.dataset), recipe.train.global_batch, recipe.data.seed)
         self.loader = make_loader(self.dataset, order, dist.rank, dist.world_size, recipe.train.micro_batch,
@@ -80,6 +88,13 @@ class Trainer:
         self.staging_wait_s = 0.0
         self.step = 0
         self._batches = None
+
+    def _teacher_model(self) -> torch.nn.Module:
+        """A model built and sharded like the student (no activation checkpointing: it never
+        runs backward)."""
+        p = dataclasses.replace(self.recipe.parallelism, activation_checkpointing="none", reshard_after_forward=True)
+        return training_model(dataclasses.replace(self.recipe, parallelism=p), self.dataset.model_vocab,
+                              self.dataset.mask_id, self.dist)
 
     # -- state ---------------------------------------------------------------------------
     def _layout(self) -> dict:
@@ -95,6 +110,8 @@ class Trainer:
         else:
             model_sd = get_model_state_dict(self.model)
         state["model"] = {k: v.detach() for k, v in model_sd.items()}   # plain tensors: DCP's GPU stager cannot copy Parameters
+        if hasattr(self.algorithm, "state_dict"):   # e.g. the distillation teacher
+            state["algorithm"] = self.algorithm.state_dict()
         if include_data:   # pickled: the loader's state may hold objects DCP's stager cannot copy
             state["data"] = {f"rank_{self.dist.rank}": pickle.dumps(self.loader.state_dict())}
         return state
@@ -111,6 +128,8 @@ class Trainer:
         else:
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self.ema.load_state_dict(state["ema"])
+        if "algorithm" in state:
+            self.algorithm.load_state_dict(state["algorithm"])
         self.step = int(state["progress"]["step"])
         if self.step != checkpoint_step(path):
             raise RuntimeError(f"{path}: meta step {checkpoint_step(path)} != stored step {self.step}")
@@ -146,6 +165,14 @@ class Trainer:
             raise RuntimeError(f"data loader is at step {batch['step']}, training at {self.step}")
         return batch
 
+    def _loss_count(self, batch: dict) -> float:
+        """Host count of the positions this micro-batch's loss is averaged over: the valid tokens
+        (NELBO), or what the algorithm's `loss_count` says (e.g. masked positions)."""
+        counter = getattr(self.algorithm, "loss_count", None)
+        if counter is None:
+            return float(batch["valid"].sum())
+        return float(counter(batch["global_index"], self.recipe.train.global_batch, self.step, batch["valid"]))
+
     def train_step(self) -> tuple[torch.Tensor, float]:
         """One optimizer step over the global batch: (global mean loss as a device tensor,
         seconds spent waiting for data)."""
@@ -157,11 +184,13 @@ class Trainer:
         tick = time.perf_counter()
         batches = [self._next_batch() for _ in range(self.micro_per_step)]
         waited = time.perf_counter() - tick
-        local_count = float(sum(int(b["valid"].sum()) for b in batches))   # CPU tensors: no device sync
+        if hasattr(self.algorithm, "begin_step"):   # e.g. a distillation round starts
+            self.algorithm.begin_step(self.step, self.model)
+        local_count = sum(self._loss_count(b) for b in batches)   # CPU tensors: no device sync
         if self.dist.world_size > 1:
-            count = all_reduce_sum(host_to_device(torch.tensor(local_count), self.device))
+            count = all_reduce_sum(host_to_device(torch.tensor(local_count), self.device)).clamp_min(1.0)
         else:
-            count = local_count
+            count = max(local_count, 1.0)
         total = torch.zeros((), device=self.device)
         sharded = hasattr(self.model, "set_requires_gradient_sync")
         for i, batch in enumerate(batches):
@@ -173,7 +202,7 @@ class Trainer:
             self._seed_dropout(int(batch["global_index"][0]))
             with self._autocast():
                 loss_sum = self.algorithm.loss(self.model, x0, batch["global_index"], r.train.global_batch,
-                                               self.step, valid=batch["valid"])
+                                               self.step, valid=batch["valid"], **batch.get("extras", {}))
             (loss_sum * (self.dist.world_size / count)).backward()   # FSDP averages over ranks
             total += loss_sum.detach()
         clip = r.optimizer.grad_clip
@@ -202,7 +231,7 @@ class Trainer:
         if not hasattr(self, "_val_dataset"):
             split = "validation" if r.data.source != "synthetic" else "train"
             self._val_dataset = build_dataset(r, split, self.dist.is_main)
-        nelbo, _ = nelbo_per_token(model, self.algorithm, self._val_dataset, r.train.micro_batch, r.train.eval_batches,
+        nelbo, _ = nelbo_per_token(model, self.diffusion, self._val_dataset, r.train.micro_batch, r.train.eval_batches,
                                    self.device, r.run.seed)
         return nelbo
 
@@ -216,8 +245,14 @@ class Trainer:
         if ckpt is not None:
             note = self.restore(ckpt)
             log.write({"step": self.step, "event": f"resumed from {ckpt.name}" + (f"; {note}" if note else "")})
-        elif r.checkpoint.seed_checkpoint:
-            self.save()
+        else:
+            if r.init.from_run:
+                source = load_ema_weights(r.init.from_run, r.run.output_dir, self.model)
+                self.ema = EMA(self.model, r.train.ema_decay)   # averages start from the loaded weights
+                log.write({"step": 0, "event": f"initialised from run {r.init.from_run} step {source.step}"
+                                               + (f"; new: {', '.join(source.new_keys)}" if source.new_keys else "")})
+            if r.checkpoint.seed_checkpoint:
+                self.save()
         self.stop.install()
         try:
             loss_value = self._loop(log)

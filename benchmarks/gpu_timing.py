@@ -1,0 +1,29 @@
+"""GPU timing helpers shared by the kernel benchmarks: mean milliseconds per call from CUDA
+events with the calls queued behind a GPU sleep (launch overhead is not counted), and the peak
+HBM bandwidth of the device by name."""
+
+from __future__ import annotations
+
+import torch
+
+HBM_BYTES_PER_S = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H100": 3.35e12}
+
+
+def hbm_peak(name: str) -> float | None:
+    """Peak HBM bandwidth in bytes/s (H100 SXM: 3.35 TB/s, H200: 4.8 TB/s), None if unknown."""
+    return next((bw for key, bw in HBM_BYTES_PER_S.items() if key in name), None)
+
+
+def time_ms(fn, iters: int, warmup: int = 3) -> float:
+    """Mean GPU milliseconds per call of `fn`."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(200_000_000)     # ~0.1 s: the host queues every call before the GPU reaches them
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters

@@ -1,0 +1,128 @@
+"""SDTT and IM-SDTT (SPEC section 3): the student learns in one step what a frozen teacher does
+in two ancestral steps of size dt; every round dt doubles and the teacher becomes a copy of
+the student. IM-SDTT is SDTT with one mask-state tensor eps handed to teacher and student
+alike; which of the two runs is decided by the model (`model.mask_state`), as for MDLM/IMDM."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from imdm.algorithms.divergences import divergence
+from imdm.algorithms.masked_diffusion import MaskedDiffusion
+from imdm.algorithms.teacher_rollout import teacher_targets
+from imdm.diffusion.forward_process import apply_mask, mask_positions
+from imdm.diffusion.times import T_MIN, sample_seeds, training_times
+from imdm.parallel.distributed import host_to_device
+from imdm.train.ema import named_parameters
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """Round r covers steps [r * round_steps, (r + 1) * round_steps) with dt = dt_0 * 2^r,
+    dt_0 = (1 - T_MIN) / teacher_steps; the teacher is refreshed at the start of each round."""
+    round_steps: int = 10_000
+    rounds: int = 7
+    teacher_steps: int = 1024
+
+    def index(self, step: int) -> int:
+        return step // self.round_steps
+
+    def dt(self, step: int) -> float:
+        return (1 - T_MIN) / self.teacher_steps * 2 ** self.index(step)
+
+    def refreshes_at(self, step: int) -> bool:
+        return step % self.round_steps == 0
+
+
+@torch.no_grad()
+def copy_weights(source: nn.Module, target: nn.Module) -> None:
+    """target's parameters <- source's (same architecture and sharding; wrapper names ignored)."""
+    src = named_parameters(source)
+    for name, p in named_parameters(target).items():
+        p.copy_(src[name].detach())
+
+
+class Distillation:
+    """Loss (divergence to the teacher's targets, summed over scored masked positions), its host
+    count, the round hook and the teacher's checkpoint state. `base` supplies the schedule,
+    mask id, seed and mask-state noise; it stays the algorithm for sampling and the NELBO."""
+
+    def __init__(self, base: MaskedDiffusion, teacher: nn.Module, rounds: Rounds, kind: str = "kl_bwd"):
+        self.base, self.rounds, self.kind = base, rounds, kind
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher_step = -1          # the step whose start last copied the student into the teacher
+
+    @property
+    def schedule(self):
+        return self.base.schedule
+
+    @property
+    def mask_id(self) -> int:
+        return self.base.mask_id
+
+    def begin_step(self, step: int, student: nn.Module) -> bool:
+        """At the start of a round the teacher becomes a copy of the student (not its EMA).
+        Returns whether it did."""
+        if not self.rounds.refreshes_at(step) or self.teacher_step == step:
+            return False
+        copy_weights(student, self.teacher)
+        self.teacher_step = step
+        return True
+
+    def _draws(self, seed: int, step: int, global_index: torch.Tensor, global_batch: int, seq_len: int):
+        """(t float32 [B], per-sample seeds [B], masked [B, L]) on the host, as MaskedDiffusion draws them."""
+        index = global_index.cpu()
+        t = training_times(seed, step, global_batch, self.base.antithetic)[index].to(torch.float32)
+        seeds = sample_seeds(seed, step, index)
+        return t, seeds, mask_positions(seeds, seq_len, 1 - self.schedule.alpha(t))
+
+    def loss_count(self, global_index: torch.Tensor, global_batch: int, step: int, valid: torch.Tensor,
+                   seed: int | None = None) -> int:
+        """How many positions `loss` scores (masked and valid), computed on the host."""
+        seed = self.base.seed if seed is None else seed
+        _, _, masked = self._draws(seed, step, global_index, global_batch, valid.shape[1])
+        return int((masked & valid.cpu()).sum())
+
+    def loss(self, model: nn.Module, x0: torch.Tensor, global_index: torch.Tensor, global_batch: int,
+             step: int, seed: int | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum over this micro-batch's scored positions of the divergence between the student's
+        one-pass x_theta(z_t, eps) and the teacher's two-step targets; divide by the global
+        `loss_count` for the training loss. t, z_t, eps and the teacher's draws derive from
+        (seed, step, index)."""
+        seed = self.base.seed if seed is None else seed
+        device, seq_len = x0.device, x0.shape[1]
+        t, seeds, masked = self._draws(seed, step, global_index, global_batch, seq_len)
+        scored = masked if valid is None else masked & valid.cpu()
+        to_device = functools.partial(host_to_device, device=device)
+        rows = tuple(to_device(i) for i in torch.nonzero(masked, as_tuple=True))
+        scored_rows = tuple(to_device(i) for i in torch.nonzero(scored, as_tuple=True))
+        seeds_dev = to_device(seeds)
+        z = apply_mask(x0, to_device(masked), self.mask_id)
+        noise = self.base.noise(model, seeds_dev, seq_len)
+
+        def denoise(z_k: torch.Tensor, t_k: torch.Tensor) -> torch.Tensor:
+            return self.teacher(z_k, noise, self.schedule.sigma(to_device(t_k.float())), select=rows)
+
+        posterior = "mdlm" if noise is None else "imdm"
+        targets = teacher_targets(denoise, z, rows, seeds_dev, t.double(), self.rounds.dt(step), self.schedule,
+                                  self.mask_id, posterior).logits
+        if valid is not None:
+            targets = targets.index_select(0, to_device(torch.nonzero(scored[masked]).squeeze(1)))
+        logits = model(z, None if noise is None else noise[rows], self.schedule.sigma(to_device(t)),
+                       select=scored_rows, noise_index=rows)
+        return divergence(logits, targets, self.mask_id, self.kind).sum()
+
+    def state_dict(self) -> dict:
+        return {"teacher": {n: p.detach() for n, p in named_parameters(self.teacher).items()},
+                "teacher_step": self.teacher_step}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        params = named_parameters(self.teacher)
+        for name, value in state["teacher"].items():
+            params[name].copy_(value)
+        self.teacher_step = int(state["teacher_step"])

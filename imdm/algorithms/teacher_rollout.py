@@ -1,0 +1,65 @@
+"""The SDTT teacher's targets (SPEC section 3): two ancestral steps of size dt from z_t, the
+mask states kept (no re-drawing), categorical draws exact in float64.
+
+A position masked in z_t is scored against the teacher's x_theta at the step that unmasked
+it; one still masked after both steps takes the last step's. So the first step's x_theta
+serves the positions the first step unmasked, and the second step's serves all others,
+whatever the second step draws: that draw is not taken."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from imdm import rng
+from imdm.diffusion.posterior import step_weights
+from imdm.diffusion.subs import without_mask
+from imdm.diffusion.times import T_MIN
+from imdm.parallel.distributed import host_to_device
+from imdm.sampling.categorical import categorical_from_uniform, shape_probs
+
+# denoise(z [B, L], t [B] float64 on the host) -> teacher logits [M, V] at the M rows being distilled
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TeacherTargets:
+    logits: torch.Tensor       # [M, V] the teacher's logits (before SUBS) each row is scored against
+    first_step: torch.Tensor   # bool [M]: the first step unmasked the row
+
+
+def step_times(t: torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Times (t, t - dt) at which the teacher is evaluated, float64, clamped at T_MIN."""
+    t = t.to(torch.float64)
+    return t, torch.clamp(t - dt, min=T_MIN)
+
+
+def first_step_weights(schedule, t: torch.Tensor, dt: float, posterior: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample probabilities (unmask mass, stay mass) of the step t -> max(t - dt, T_MIN) for
+    a masked position, float64 [B] on the host; mask states are never re-drawn."""
+    t0, t1 = step_times(t, dt)
+    a0, a1 = schedule.alpha(t0), schedule.alpha(t1)
+    weights = [step_weights(float(x), float(y), posterior, fix_eps=True) for x, y in zip(a0, a1)]
+    unmask = torch.tensor([w.unmask for w in weights], dtype=torch.float64)
+    stay = torch.tensor([w.stay for w in weights], dtype=torch.float64)
+    return unmask, stay
+
+
+@torch.no_grad()
+def teacher_targets(denoise: Denoiser, z: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor],
+                    seeds: torch.Tensor, t: torch.Tensor, dt: float, schedule, mask_id: int,
+                    posterior: str = "mdlm") -> TeacherTargets:
+    """Targets at the M rows = (batch_idx, pos_idx) masked in z [B, L]. `seeds` [B] (on z's
+    device) fix the draws; `t` [B] float64 on the host."""
+    t0, t1 = step_times(t, dt)
+    unmask, stay = (host_to_device(w, z.device) for w in first_step_weights(schedule, t, dt, posterior))
+    first = denoise(z, t0)
+    w = shape_probs(torch.log_softmax(without_mask(first, mask_id), dim=-1)) * unmask[rows[0], None]
+    w[:, mask_id] = stay[rows[0]]
+    u = rng.uniform53(seeds[rows[0]], rows[1], rng.STREAM_TEACHER)
+    choice = categorical_from_uniform(w, u)
+    unmasked = choice != mask_id
+    second = denoise(z.index_put(rows, choice), t1)
+    return TeacherTargets(torch.where(unmasked[:, None], first, second), unmasked)

@@ -1,0 +1,198 @@
+"""The fused masked loss (imdm.kernels.masked_loss): the Triton kernel (on the GPU when there is
+one, else on CPU through the interpreter) and the eager reference against plain full-logits
+PyTorch, in float32, on odd shapes; the mask and padding columns are dropped; several chunks
+agree with one; no rows; torch.compile; both distillation divergences; the fused MDLM loss of
+MaskedDiffusion; and, on the GPU, bf16 against PyTorch's own bf16 error."""
+
+import pytest
+import torch
+
+from imdm.algorithms.masked_diffusion import MaskedDiffusion
+from imdm.diffusion.nelbo import masked_token_nll
+from imdm.diffusion.schedule import LogLinearSchedule
+from imdm.kernels import masked_loss
+from imdm.kernels.masked_loss import fused_divergence, fused_masked_nll
+from imdm.models.dit import DiT, DiTConfig
+from imdm.models.mask_state import MaskStateConfig
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BACKENDS = ["triton", "eager"]
+# rows, d, vocab, padding multiple, mask id
+SHAPES = {"gpt2": (9, 123, 50258, 64, 50257), "small": (47, 123, 97, 8, 13)}
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def _problem(rows, d, vocab, pad, mask_id, seed=0, device=DEVICE):
+    """h, W, b (padded head) as leaves requiring grad, real non-mask targets, and row weights
+    spanning three decades with one zero."""
+    g = torch.Generator().manual_seed(seed)
+    padded = -(-vocab // pad) * pad
+    h = torch.randn(rows, d, generator=g)
+    w = torch.randn(padded, d, generator=g) * 0.2
+    b = torch.randn(padded, generator=g)
+    targets = torch.randint(0, vocab - 1, (rows,), generator=g)
+    targets += targets >= mask_id
+    weights = 1 / torch.rand(rows, generator=g).clamp_min(1e-3)
+    weights[rows // 2: rows // 2 + 1] = 0.0
+    leaves = [x.to(device).requires_grad_() for x in (h, w, b)]
+    return (*leaves, targets.to(device), weights.to(device))
+
+
+def _full_logits_nll(h, w, b, targets, weights, mask_id, vocab):
+    return (weights * masked_token_nll((h @ w.T + b)[:, :vocab], targets, mask_id)).sum()
+
+
+def _full_logits_divergence(hs, ws, bs, ht, wt, bt, weights, mask_id, vocab, kind):
+    keep = torch.arange(vocab, device=hs.device) != mask_id
+    log_s = torch.log_softmax((hs @ ws.T + bs)[:, :vocab][:, keep], dim=1)
+    log_t = torch.log_softmax((ht @ wt.T + bt)[:, :vocab][:, keep].detach(), dim=1)
+    div = log_s.exp() * (log_s - log_t) if kind == "kl_bwd" else log_t.exp() * (log_t - log_s)
+    return (weights * div.sum(1)).sum()
+
+
+def _value_and_grads(loss, leaves):
+    return (loss.detach(), *torch.autograd.grad(loss, leaves))
+
+
+def _assert_all_close(got, want, **tol):
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **(tol or TOL))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_nll_matches_full_logits(shape, backend):
+    h, w, b, targets, weights = _problem(*SHAPES[shape])
+    mask_id, vocab = SHAPES[shape][4], SHAPES[shape][2]
+    got = _value_and_grads(fused_masked_nll(h, w, b, targets, weights, mask_id, vocab, backend), (h, w, b))
+    want = _value_and_grads(_full_logits_nll(h, w, b, targets, weights, mask_id, vocab), (h, w, b))
+    _assert_all_close(got, want)
+    with torch.no_grad():   # no gradients computed: the same value
+        torch.testing.assert_close(fused_masked_nll(h, w, b, targets, weights, mask_id, vocab, backend), want[0], **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_and_padding_columns_are_dropped(backend):
+    rows, d, vocab, pad, mask_id = SHAPES["small"]
+    h, w, b, targets, weights = _problem(*SHAPES["small"], seed=1)
+    with torch.no_grad():   # logits far above the rest on the mask and padding columns
+        b[mask_id] = 50.0
+        b[vocab:] = 50.0
+    loss = fused_masked_nll(h, w, b, targets, weights, mask_id, vocab, backend)
+    keep = torch.arange(vocab, device=DEVICE) != mask_id
+    log_p = torch.log_softmax((h @ w[:vocab][keep].T + b[:vocab][keep]).detach(), dim=1)
+    kept_target = targets - (targets > mask_id).long()
+    want = -(weights * log_p.gather(1, kept_target[:, None]).squeeze(1)).sum()
+    torch.testing.assert_close(loss.detach(), want, **TOL)
+    grad_w, grad_b = torch.autograd.grad(loss, (w, b))
+    dropped = ~torch.cat([keep, torch.zeros(w.shape[0] - vocab, dtype=torch.bool, device=DEVICE)])
+    assert torch.all(grad_w[dropped] == 0) and torch.all(grad_b[dropped] == 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_several_chunks_match_one(backend, monkeypatch):
+    h, w, b, targets, weights = _problem(*SHAPES["small"], seed=2)
+    args = (h, w, b, targets, weights, SHAPES["small"][4], SHAPES["small"][2], backend)
+    one = _value_and_grads(fused_masked_nll(*args), (h, w, b))
+    monkeypatch.setattr(masked_loss, "CHUNK_BYTES", 10 * w.shape[0] * 4)   # 10 rows a chunk: 5 chunks
+    assert masked_loss._chunk_rows(h.shape[0], w.shape[0], h.dtype, 1) == 10
+    _assert_all_close(_value_and_grads(fused_masked_nll(*args), (h, w, b)), one)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_rows_give_zero_loss_and_zero_grads(backend):
+    h, w, b, targets, weights = _problem(0, 16, 97, 8, 13)
+    loss = fused_masked_nll(h, w, b, targets, weights, 13, 97, backend)
+    loss_kl = fused_divergence(h, w, b, h.detach(), w.detach(), b.detach(), weights, 13, 97, "kl_bwd", backend)
+    for total in (loss, loss_kl):
+        value, grad_h, grad_w, grad_b = _value_and_grads(total, (h, w, b))
+        assert value.dtype == torch.float32 and value.shape == () and value == 0
+        assert grad_h.shape == (0, 16) and not grad_w.any() and not grad_b.any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["kl_bwd", "kl_fwd"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_divergence_matches_full_logits_and_leaves_teacher_alone(shape, kind, backend):
+    hs, ws, bs, _, weights = _problem(*SHAPES[shape], seed=3)
+    ht, wt, bt, _, _ = _problem(*SHAPES[shape], seed=4)
+    mask_id, vocab = SHAPES[shape][4], SHAPES[shape][2]
+    want = _value_and_grads(_full_logits_divergence(hs, ws, bs, ht, wt, bt, weights, mask_id, vocab, kind),
+                            (hs, ws, bs))
+    loss = fused_divergence(hs, ws, bs, ht, wt, bt, weights, mask_id, vocab, kind, backend)
+    loss.backward()
+    _assert_all_close((loss.detach(), hs.grad, ws.grad, bs.grad), want)
+    assert ht.grad is None and wt.grad is None and bt.grad is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_custom_ops_inside_a_compiled_graph(backend):
+    rows, d, vocab, pad, mask_id = SHAPES["small"]
+    h, w, b, targets, weights = _problem(*SHAPES["small"], seed=5)
+    teacher = [x.detach() for x in _problem(*SHAPES["small"], seed=6)[:3]]
+
+    def total(h, w, b):
+        nll = fused_masked_nll(torch.tanh(h), w, b, targets, weights, mask_id, vocab, backend)
+        return nll + 0.5 * fused_divergence(h, w, b, *teacher, weights, mask_id, vocab, "kl_bwd", backend)
+
+    compiled = torch.compile(total, fullgraph=True, backend="aot_eager")   # inductor only wraps the op
+    _assert_all_close(_value_and_grads(compiled(h, w, b), (h, w, b)), _value_and_grads(total(h, w, b), (h, w, b)))
+
+
+def test_masked_diffusion_fused_loss_matches_the_logits_path():
+    cfg = DiTConfig(vocab_size=37, mask_id=36, d_model=48, n_blocks=1, n_heads=4, dropout=0.0,
+                    vocab_pad_multiple=8, mask_state=MaskStateConfig(16))
+    torch.manual_seed(0)
+    model = DiT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.to(DEVICE)
+    x0 = torch.randint(0, 36, (4, 12), device=DEVICE)
+    valid = torch.ones(4, 12, dtype=torch.bool)
+    valid[1, 8:] = False
+    results = []
+    for fused in (False, True):
+        algorithm = MaskedDiffusion(LogLinearSchedule(), cfg.mask_id, seed=5, fused_loss=fused)
+        model.zero_grad()
+        loss = algorithm.loss(model, x0, torch.arange(4), global_batch=4, step=3, valid=valid)
+        loss.backward()
+        results.append([loss.detach()] + [p.grad.clone() for p in model.parameters()])
+    _assert_all_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["nll", "kl_bwd", "kl_fwd"])
+def test_bf16_triton_error_within_pytorch_bf16_error(kind):
+    """bf16 inputs: the kernel's error against the float32 result (value and student grads) is
+    at most twice that of PyTorch's own bf16 path (bf16 matmul, float32 softmax), plus slack."""
+    rows, d, vocab, mask_id = 4096, 768, 50258, 50257
+    problem = _problem(rows, d, vocab, 128, mask_id, seed=7, device="cuda")
+    student, targets, weights = problem[:3], problem[3], problem[4]
+    teacher = [x.detach() for x in _problem(rows, d, vocab, 128, mask_id, seed=8, device="cuda")[:3]]
+
+    def full_logits(h, w, b):
+        if kind == "nll":
+            return _full_logits_nll(h, w, b, targets, weights, mask_id, vocab)
+        keep = (torch.arange(vocab, device="cuda") != mask_id)
+        log_s = torch.log_softmax((h @ w.T + b)[:, :vocab][:, keep].float(), dim=1)
+        ht, wt, bt = (x.to(h.dtype) for x in teacher)
+        log_t = torch.log_softmax((ht @ wt.T + bt)[:, :vocab][:, keep].float(), dim=1)
+        div = log_s.exp() * (log_s - log_t) if kind == "kl_bwd" else log_t.exp() * (log_t - log_s)
+        return (weights * div.sum(1)).sum()
+
+    def fused(h, w, b):
+        if kind == "nll":
+            return fused_masked_nll(h, w, b, targets, weights, mask_id, vocab)
+        ht, wt, bt = (x.to(h.dtype) for x in teacher)
+        return fused_divergence(h, w, b, ht, wt, bt, weights, mask_id, vocab, kind)
+
+    def run(fn, dtype):
+        leaves = [x.detach().to(dtype).requires_grad_() for x in student]
+        return [x.double() for x in _value_and_grads(fn(*leaves), leaves)]
+
+    exact = run(full_logits, torch.float32)
+    eager, kernel = run(full_logits, torch.bfloat16), run(fused, torch.bfloat16)
+    for name, e, k, x in zip(["loss", "h", "W", "b"], eager, kernel, exact):
+        err, ref_err = ((y - x).norm() / x.norm() for y in (k, e))
+        assert err <= 2 * ref_err + 1e-3, (name, float(err), float(ref_err))

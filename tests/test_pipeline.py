@@ -1,0 +1,81 @@
+"""Pipelines: stages chained by run name run in order, finished stages are skipped, inputs are
+checked before anything runs, and a failing stage stops the pipeline naming itself."""
+
+import pytest
+
+from imdm.pipeline import StageFailed, load_pipeline, run_pipeline
+from imdm.recipe import RecipeError
+from imdm.train.checkpoint import latest_checkpoint
+
+COMMON = ["model.size=custom", "model.d_model=32", "model.n_blocks=1", "model.n_heads=2", "algorithm.noise_dim=8",
+          "data.vocab_size=16", "data.seq_len=4", "data.num_sequences=1000", "train.global_batch=16",
+          "train.micro_batch=16", "train.eval_batches=1", "logging.progress=false", "train.device=cpu"]
+STAGES = """
+[pipeline]
+output_dir = "{out}"
+
+[[stage]]
+recipe = "builtin:quickstart"
+overrides = ["run.name=base", "train.steps=10", "schedule.warmup_steps=2"]
+
+[[stage]]
+recipe = "builtin:synthetic_imsdtt"
+overrides = ["run.name=student", "init.from_run=base", "train.steps=4", "distill.round_steps=2", "distill.rounds=2",
+             "schedule.warmup_steps=1"]
+
+[[stage]]
+recipe = "builtin:synthetic_couplings"
+command = "couplings"
+overrides = ["run.name=pairs", "couplings.teacher_run=student", "couplings.num=16", "couplings.chunk=8",
+             "couplings.steps=8"]
+
+[[stage]]
+recipe = "builtin:synthetic_imredi"
+overrides = ["run.name=rect", "init.from_run=student", "data.couplings=pairs", "train.steps=4",
+             "schedule.warmup_steps=1"]
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "pipeline.toml"
+    path.write_text(text.format(out=tmp_path / "runs"))
+    return str(path)
+
+
+def test_pipeline_runs_every_stage_once_then_skips_finished_ones(tmp_path):
+    path = _write(tmp_path, STAGES)
+    messages = []
+    stages = run_pipeline(path, COMMON, log=messages.append)
+    assert [s.name for s in stages] == ["base", "student", "pairs", "rect"]
+    assert [m.split(": ")[1] for m in messages] == ["running (builtin:quickstart)", "running (builtin:synthetic_imsdtt)",
+                                                    "running (builtin:synthetic_couplings)",
+                                                    "running (builtin:synthetic_imredi)"]
+    runs = tmp_path / "runs"
+    saved = {name: latest_checkpoint(runs / name / "checkpoints") for name in ("base", "student", "rect")}
+    assert all(p is not None for p in saved.values())
+    mtimes = {name: p.stat().st_mtime_ns for name, p in saved.items()}
+    messages.clear()
+    run_pipeline(path, COMMON, log=messages.append)
+    assert all(m.endswith("finished earlier, skipped") for m in messages) and len(messages) == 4
+    assert {name: latest_checkpoint(runs / name / "checkpoints").stat().st_mtime_ns for name in saved} == mtimes
+
+
+def test_inputs_and_keys_are_checked_before_anything_runs(tmp_path):
+    broken = STAGES.replace("init.from_run=base", "init.from_run=bsae")
+    with pytest.raises(RecipeError, match="input run 'bsae' is neither an earlier stage"):
+        load_pipeline(_write(tmp_path, broken), COMMON)
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(RecipeError, match=r"stage\[0\].recipes: unknown key"):
+        load_pipeline(_write(tmp_path, STAGES.replace('recipe = "builtin:quickstart"', 'recipes = "x"')), COMMON)
+    with pytest.raises(RecipeError, match="distill.round_step"):
+        load_pipeline(_write(tmp_path, STAGES.replace("distill.round_steps=2", "distill.round_step=2")), COMMON)
+
+
+def test_a_failing_stage_stops_the_pipeline_and_names_itself(tmp_path):
+    # the student's vocabulary differs from the run it starts from: its Trainer refuses to start
+    bad = STAGES.replace('"run.name=student",', '"run.name=student", "data.vocab_size=17",')
+    with pytest.raises(StageFailed, match=r"stage 2/4 train student: CheckpointError: .*vocab"):
+        run_pipeline(_write(tmp_path, bad), COMMON, log=lambda m: None)
+    runs = tmp_path / "runs"
+    assert latest_checkpoint(runs / "base" / "checkpoints") is not None
+    assert not (runs / "pairs").exists() and not (runs / "rect").exists()
