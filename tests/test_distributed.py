@@ -18,9 +18,9 @@ OVERRIDES = ["model.size=custom", "model.d_model=32", "model.n_blocks=2", "model
              "schedule.warmup_steps=2", "optimizer.lr=3e-3", "logging.every_steps=1", "logging.progress=false"]
 
 
-def _losses(run_dir: Path) -> list[float]:
+def _logged(run_dir: Path, key: str = "loss") -> list[float]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(x)["loss"] for x in lines if '"loss"' in x]
+    return [json.loads(x)[key] for x in lines if '"loss"' in x]
 
 
 @pytest.mark.timeout(300)
@@ -34,10 +34,13 @@ def test_two_gloo_ranks_match_one_process(tmp_path, repo_root):
                             "-m", "imdm", "train", recipe, *OVERRIDES, f"run.output_dir={tmp_path}", "run.name=multi"],
                            capture_output=True, text=True, env=env)
     assert multi.returncode == 0, multi.stderr[-3000:]
-    a, b = _losses(tmp_path / "single"), _losses(tmp_path / "multi")
+    a, b = _logged(tmp_path / "single"), _logged(tmp_path / "multi")
     assert len(a) == len(b) == 5
     for x, y in zip(a, b):
         assert x == pytest.approx(y, rel=1e-5)
+    # the sharded gradient norm (local shards + one all-reduce) equals the unsharded one, and clipping is active
+    norms_a, norms_b = _logged(tmp_path / "single", "grad_norm"), _logged(tmp_path / "multi", "grad_norm")
+    assert norms_a == pytest.approx(norms_b, rel=1e-4) and max(norms_a) > 1.0
     ma = load_run(tmp_path / "single", torch.device("cpu")).model.state_dict()
     mb = load_run(tmp_path / "multi", torch.device("cpu")).model.state_dict()
     for k in ma:

@@ -23,6 +23,7 @@ from imdm.build import (build_algorithm, build_dataset, build_distillation, buil
 from imdm.data.loader import make_loader
 from imdm.data.order import GlobalBatchOrder
 from imdm.eval.perplexity import nelbo_per_token
+from imdm.parallel.grad_norm import clip_grad_norm
 from imdm.parallel.distributed import DistInfo, all_reduce_max, all_reduce_sum, checkpoint_group, host_to_device
 from imdm.recipe import Recipe
 from imdm.recipe.writer import recipe_to_toml
@@ -206,7 +207,7 @@ class Trainer:
             (loss_sum * (self.dist.world_size / count)).backward()   # FSDP averages over ranks
             total += loss_sum.detach()
         clip = r.optimizer.grad_clip
-        grad_norm = _local(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf))
+        grad_norm = _local(clip_grad_norm(self.model.parameters(), clip if clip > 0 else math.inf))
         if self.dist.world_size > 1:   # every rank stops together if any was asked to
             stop = all_reduce_max(host_to_device(torch.tensor(float(self.stop.requested)), self.device))
             norm_value, stop_value = torch.stack([grad_norm.float(), stop]).tolist()
