@@ -79,3 +79,13 @@ def test_a_failing_stage_stops_the_pipeline_and_names_itself(tmp_path):
     runs = tmp_path / "runs"
     assert latest_checkpoint(runs / "base" / "checkpoints") is not None
     assert not (runs / "pairs").exists() and not (runs / "rect").exists()
+
+
+def test_every_packaged_pipeline_loads():
+    from importlib import resources
+    names = sorted(p.name[:-5] for p in (resources.files("imdm.recipes") / "pipelines").iterdir()
+                   if p.name.endswith(".toml"))
+    assert {"synthetic_repro", "synthetic_repro_cpu", "synthetic_repro_gpu", "owt_imsdtt_redi"} <= set(names)
+    for name in names:
+        _, stages = load_pipeline(f"builtin:pipelines/{name}")
+        assert stages and all(s.recipe.run.output_dir for s in stages)
