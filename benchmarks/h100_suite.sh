@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One call on the lent H100 (device tool): GPU tests, then training throughput of the small and
 # large OpenWebText-shaped IMDM recipes (compiled and eager), with the async-checkpoint stall.
-# Expects, carried: .whl/ (the imdm wheel and torchdata) and .bench/ (GPT-2 files and a token
+# Expects, carried: .whl/ (the imdm wheel of the code under test in .whl/new/, and torchdata) and .bench/ (GPT-2 files and a token
 # store of the local corpus built by benchmarks/data_pipeline.py's recipe). Results go to $OUT.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/new/*.whl .whl/torchdata-*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 # run from a copy without the source package, so `import imdm` finds the installed wheel
 REPO=$PWD; WORK=$(mktemp -d); cp -r benchmarks tests pyproject.toml "$WORK"; cd "$WORK"

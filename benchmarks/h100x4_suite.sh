@@ -2,9 +2,9 @@
 # Scaling on a 4 x H100 host (device tool, kind nvidia-h100-x4), in two calls:
 #   bash benchmarks/h100x4_suite.sh part1   # small: 1 GPU vs FSDP over 4; large: 1 GPU
 #   bash benchmarks/h100x4_suite.sh part2   # large: FSDP over 4; HSDP 2 "nodes" x 2 GPUs trains, then resumes
-# Carried: .whl/ (imdm wheel, torchdata) and .bench/ (GPT-2 files, local-corpus token store).
+# Carried: .whl/ (the imdm wheel under test in .whl/new/, torchdata) and .bench/ (GPT-2 files, local-corpus token store).
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl 2>/dev/null || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/new/*.whl .whl/torchdata-*.whl 2>/dev/null || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 REPO=$PWD; WORK=$(mktemp -d); cp -r benchmarks "$WORK"; cd "$WORK"
 STORE=$(ls -d "$REPO"/.bench/stores/train-wrap1024-*)
