@@ -11,6 +11,7 @@ from imdm.algorithms.masked_diffusion import MaskedDiffusion
 from imdm.algorithms.redi import Rectification
 from imdm.build import data_origin
 from imdm.couplings import complete, coupling_starts, generate_couplings
+from imdm.data.local_text import DataSourceError
 from imdm.data.synthetic import SyntheticRepeat
 from imdm.diffusion.forward_process import mask_noise, mask_noise_rows
 from imdm.diffusion.schedule import LogLinearSchedule
@@ -136,6 +137,10 @@ def test_synthetic_couplings_to_imredi_end_to_end(tmp_path):
     generate_couplings(recipe("pairs", couplings={"teacher_run": "teacher", "num": 32, "chunk": 16, "steps": 8}), dist)
     student = recipe("student", init={"from_run": "teacher"}, algorithm={"objective": "redi"},
                      data={"source": "couplings", "couplings": "pairs"}, train={"steps": 12})
+    other_eps = recipe("other", algorithm={"objective": "redi", "noise_kind": "randn"},
+                       data={"source": "couplings", "couplings": "pairs"})
+    with pytest.raises(DataSourceError, match="algorithm.noise_kind: the teacher 'teacher' drew its mask states"):
+        Trainer(other_eps, dist)
     trainer = Trainer(student, dist)
     pairs, rows = trainer.dataset, torch.arange(32)
     x0, valid = pairs.rows(rows)

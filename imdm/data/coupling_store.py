@@ -193,6 +193,9 @@ class CouplingSet:
         return {"z_t": self._take("z", index), "t": self._take("t", index), "coupling_seed": self._take("seed", index)}
 
 
+MASK_STATE_KEYS = ("noise_dim", "noise_kind", "noise_scale", "num_masks")   # what turns a seed into eps
+
+
 def open_coupling_set(recipe) -> CouplingSet:
     """The complete coupling set `data.couplings` names, checked against the student's recipe."""
     d, a = recipe.data, recipe.algorithm
@@ -207,6 +210,11 @@ def open_coupling_set(recipe) -> CouplingSet:
     if a.name == "imdm" and not m["teacher"]["mask_states"] and not a.ignore_seed:
         problems.append(f"algorithm.ignore_seed: teacher '{m['teacher']['run']}' has no mask states, so its "
                         f"completions do not depend on the stored seeds; set algorithm.ignore_seed = true")
+    if a.name == "imdm" and m["teacher"]["mask_states"] and not a.ignore_seed:
+        teacher = m["teacher"]["algorithm"]
+        problems += [f"algorithm.{key}: the teacher '{m['teacher']['run']}' drew its mask states with {key} = "
+                     f"{teacher[key]!r}, the recipe says {getattr(a, key)!r}; the seeds would give other eps"
+                     for key in MASK_STATE_KEYS if teacher.get(key) != getattr(a, key)]
     if problems:
         raise DataSourceError(f"coupling set {found.folder}: " + "; ".join(problems))
     return found
