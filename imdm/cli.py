@@ -21,6 +21,11 @@ def cmd_check(args) -> int:
     recipe_path, overrides = _split_recipe_and_overrides(args.items)
     recipe = load_recipe(recipe_path, overrides, world_size=args.world_size)
     d, b, h = recipe.model.dims()
+    c = recipe.couplings
+    if c.teacher_run:   # a coupling-generation recipe: the model and training settings are the teacher's
+        print(f"{recipe_path}: ok (imdm couplings: {c.num} {c.start} couplings of {recipe.data.source} data, "
+              f"completed by run '{c.teacher_run}' in {c.steps} steps)")
+        return 0
     print(f"{recipe_path}: ok ({recipe.algorithm.method}, model {recipe.model.size} d={d} blocks={b} heads={h}, "
           f"{recipe.train.steps} steps of {recipe.train.global_batch} sequences)")
     return 0

@@ -108,3 +108,10 @@ def test_check_command_errors_cleanly_and_never_imports_torch(tmp_path, repo_roo
                            capture_output=True, text=True)
     assert probe.returncode == 0, probe.stderr
     assert "ok (imdm, model synthetic d=128 blocks=4 heads=4" in probe.stdout
+
+
+def test_check_describes_a_coupling_recipe_as_generation():
+    result = _cli("check", "builtin:synthetic_couplings", "couplings.num=512")
+    assert result.returncode == 0, result.stderr
+    assert "ok (imdm couplings: 512 perturbed couplings of synthetic data, completed by run 'synthetic-imsdtt'" \
+        in result.stdout
