@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks.gpu_timing import time_ms  # noqa: E402
 from benchmarks.results_io import write_result  # noqa: E402
 from imdm.diffusion.nelbo import masked_token_nll  # noqa: E402
 from imdm.diffusion.subs import without_mask  # noqa: E402
@@ -88,16 +89,7 @@ def fwd_bwd_ms(fn, leaves, args, warmup: int, iters: int) -> float:
             x.grad = None
         fn(*leaves, *args).backward()
 
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        step()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+    return time_ms(step, iters, warmup)
 
 
 def extra_mem_gib(fn, leaves, args) -> float:

@@ -25,8 +25,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from imdm.kernels.backend import use_triton as wants_triton   # `use_triton` is an op argument here
+
 CHUNK_BYTES = 1 << 30   # logits buffers of one chunk: 8192 rows of bf16 GPT-2 logits for the NLL
-BACKENDS = ("auto", "triton", "eager")
 DIVERGENCES = ("kl_bwd", "kl_fwd")
 
 
@@ -187,12 +188,6 @@ _masked_nll_op.register_autograd(_nll_backward, setup_context=_save_grads)
 _divergence_op.register_autograd(_divergence_backward, setup_context=_save_grads)
 
 
-def _use_triton(backend: str, h: Tensor) -> bool:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend == "triton" or (backend == "auto" and h.is_cuda)
-
-
 def _needs_grad(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -203,7 +198,7 @@ def fused_masked_nll(h: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, r
     differentiable w.r.t. h [N, d], weight [Vp, d] and bias [Vp]. SUBS drops the mask column and
     the padding columns >= vocab_size from the normalisation. The matmuls run in h's dtype, the
     softmax in float32. targets [N] int64 must be real tokens; row_weight [N] is not differentiated."""
-    return _masked_nll_op(h, weight, bias, targets, row_weight, mask_id, vocab_size, _use_triton(backend, h),
+    return _masked_nll_op(h, weight, bias, targets, row_weight, mask_id, vocab_size, wants_triton(backend, h),
                           _needs_grad(h, weight, bias))[0]
 
 
@@ -217,5 +212,5 @@ def fused_divergence(h_student: Tensor, w_student: Tensor, b_student: Tensor, h_
     if kind not in DIVERGENCES:
         raise ValueError(f"kind must be one of {DIVERGENCES}, got {kind!r}")
     return _divergence_op(h_student, w_student, b_student, h_teacher, w_teacher, b_teacher, row_weight, mask_id,
-                          vocab_size, kind == "kl_fwd", _use_triton(backend, h_student),
+                          vocab_size, kind == "kl_fwd", wants_triton(backend, h_student),
                           _needs_grad(h_student, w_student, b_student))[0]

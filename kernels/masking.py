@@ -28,17 +28,10 @@ from triton.language.extra import libdevice
 
 from imdm import rng
 from imdm.diffusion import forward_process as reference
+from imdm.kernels.backend import use_triton
 from imdm.kernels.hash32 import stream_keys, uniform24
 
-BACKENDS = ("auto", "triton", "eager")
 DISTS = ("uniform", "normal")
-
-
-def use_triton(backend: str, tensor: torch.Tensor) -> bool:
-    """Whether `backend` means the Triton kernel for inputs living where `tensor` lives."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {backend!r}; expected one of {BACKENDS}")
-    return backend == "triton" or (backend == "auto" and tensor.is_cuda)
 
 
 @triton.jit

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from imdm import rng
+from imdm.kernels.backend import use_triton
 from imdm.sampling.categorical import categorical_from_uniform, shape_probs
 
 try:
@@ -33,7 +34,6 @@ try:
 except ImportError:      # no Triton (e.g. macOS): the eager step only
     triton = None
 
-BACKENDS = ("auto", "triton", "eager")
 
 
 def per_sample_weights(batch: int, unmask, stay_keep, stay_redraw) -> torch.Tensor:
@@ -222,20 +222,17 @@ def sampler_step(logits: torch.Tensor, z: torch.Tensor, seeds: torch.Tensor, ste
                  backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """One reverse step for every position of z [B, L] (int64) from the raw logits [B, L, V]:
     masked positions draw a token or stay masked with the posterior weights (unmask mass times
-    x_theta, stay_keep, stay_redraw: floats, or [B] tensors with one value per sample); returns the new tokens and a bool [B, L] marking positions
-    that stayed masked and re-draw their mask state. Random choices come from the int64
+    x_theta, stay_keep, stay_redraw: floats, or [B] tensors with one value per sample); returns
+    the new tokens and a bool [B, L] marking positions that stayed masked and re-draw their
+    mask state. Random choices come from the int64
     per-sample `seeds` [B], the position and `step_index`. backend: "auto" (Triton on CUDA),
     "triton", or "eager" (the float64 reference)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown sampler backend {backend!r}; choose from {BACKENDS}")
     if logits.dim() != 3 or logits.shape[:2] != z.shape or seeds.shape != z.shape[:1]:
         raise ValueError(f"need logits [B, L, V], z [B, L], seeds [B]; got {tuple(logits.shape)}, "
                          f"{tuple(z.shape)}, {tuple(seeds.shape)}")
-    if backend == "auto":
-        backend = "triton" if triton is not None and logits.is_cuda else "eager"
     args = (logits, z, seeds, step_index, per_sample_weights(z.shape[0], unmask, stay_keep, stay_redraw), mask_id,
             temperature, top_p)
-    if backend == "eager":
+    if not use_triton(backend, logits) or (backend == "auto" and triton is None):
         return sampler_step_reference(*args)
     if triton is None:
         raise RuntimeError("the Triton sampler step needs triton installed")

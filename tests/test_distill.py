@@ -162,7 +162,7 @@ def test_student_and_teacher_see_one_eps(num_masks):
     x0 = torch.randint(0, V, (8, L))
     index = torch.arange(8)
     loss = distill.loss(student, x0, index, 8, step=0)
-    _, _, masked = distill._draws(5, 0, index, 8, L)
+    _, _, masked = distill.base.draws(5, 0, index, 8, L)
     assert len(seen["teacher"]) == 2 and len(seen["student"]) == 1
     assert torch.equal(seen["teacher"][0], seen["teacher"][1])
     assert torch.equal(seen["teacher"][0][masked], seen["student"][0])

@@ -17,6 +17,14 @@ from imdm.parallel.distributed import host_to_device
 from imdm.sampling.ancestral import SamplerSettings, SampleResult, ancestral_sample
 
 
+def row_indices(masked: torch.Tensor, valid: torch.Tensor | None, device: torch.device
+                ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(batch, position) indices on `device` of the masked positions, and of those also valid
+    (the scored ones), from host masks: no device sync."""
+    scored = masked if valid is None else masked & valid.cpu()
+    return tuple(tuple(host_to_device(i, device) for i in torch.nonzero(m, as_tuple=True)) for m in (masked, scored))
+
+
 class MaskedDiffusion:
     """Loss and sampler of a masked diffusion model; `model.mask_state` decides MDLM vs IMDM."""
 
@@ -42,6 +50,15 @@ class MaskedDiffusion:
         cfg = model.mask_state.cfg
         return mask_noise(seeds, seq_len, cfg.noise_width, cfg.noise_dist, generation)
 
+    def draws(self, seed: int, step: int, global_index: torch.Tensor, global_batch: int, seq_len: int
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(t float32 [B], per-sample seeds [B], masked bool [B, L]) of these sequences of the
+        global batch, on the host: functions of (seed, step, index) only."""
+        index = global_index.cpu()
+        t = training_times(seed, step, global_batch, self.antithetic)[index].to(torch.float32)
+        seeds = sample_seeds(seed, step, index)
+        return t, seeds, mask_positions(seeds, seq_len, 1 - self.schedule.alpha(t))
+
     def loss(self, model: DiT, x0: torch.Tensor, global_index: torch.Tensor, global_batch: int,
              step: int, seed: int | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Sum over this micro-batch of the per-token NELBO terms (a 0-dim float32 tensor).
@@ -51,23 +68,26 @@ class MaskedDiffusion:
         never scored). Masks are drawn on the CPU, so finding the masked rows never waits for
         the GPU."""
         seed = self.seed if seed is None else seed
-        device, seq_len = x0.device, x0.shape[1]
-        t = training_times(seed, step, global_batch, self.antithetic)[global_index.cpu()].to(torch.float32)
-        seeds = sample_seeds(seed, step, global_index.cpu())
-        masked = mask_positions(seeds, seq_len, 1 - self.schedule.alpha(t))
-        scored = masked if valid is None else masked & valid.cpu()
-        to_device = functools.partial(host_to_device, device=device)
-        masked_rows = [to_device(i) for i in torch.nonzero(masked, as_tuple=True)]
-        scored_rows = [to_device(i) for i in torch.nonzero(scored, as_tuple=True)]
-        t, seeds, masked = to_device(t), to_device(seeds), to_device(masked)
-        z = apply_mask(x0, masked, self.mask_id)
+        t, seeds, masked = self.draws(seed, step, global_index, global_batch, x0.shape[1])
+        z = apply_mask(x0, host_to_device(masked, x0.device), self.mask_id)
+        return self.weighted_nll(model, x0, z, t, seeds, masked, valid)
+
+    def weighted_nll(self, model: DiT, targets: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
+                     noise_seeds: torch.Tensor, masked: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """sum of loss_weight(t) * -log x_theta(z, eps)[targets] over the positions `masked` (and
+        `valid`), eps from `noise_seeds` [B] at generation 0. z and targets [B, L] on the model's
+        device; t float32 [B], noise_seeds, masked and valid on the host."""
+        device = z.device
+        masked_rows, scored_rows = row_indices(masked, valid, device)
+        t = host_to_device(t, device)
         noise = None
         if model.mask_state is not None:
             cfg = model.mask_state.cfg
+            seeds = host_to_device(noise_seeds, device)
             noise = self._noise_rows(seeds[masked_rows[0]], masked_rows[1], cfg.noise_width, cfg.noise_dist)
-        targets = x0[scored_rows[0], scored_rows[1]]
+        targets = targets[scored_rows]
         weights = self.schedule.loss_weight(t)[scored_rows[0]]
-        rows = dict(select=tuple(scored_rows), noise_index=tuple(masked_rows))
+        rows = dict(select=scored_rows, noise_index=masked_rows)
         if self.fused_loss:
             return model(z, noise, self.schedule.sigma(t), targets=targets, row_weight=weights, **rows)
         logits = model(z, noise, self.schedule.sigma(t), **rows)

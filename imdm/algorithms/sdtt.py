@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from imdm.algorithms.divergences import divergence
-from imdm.algorithms.masked_diffusion import MaskedDiffusion
+from imdm.algorithms.masked_diffusion import MaskedDiffusion, row_indices
 from imdm.algorithms.teacher_rollout import teacher_targets
-from imdm.diffusion.forward_process import apply_mask, mask_positions
-from imdm.diffusion.times import T_MIN, sample_seeds, training_times
+from imdm.diffusion.forward_process import apply_mask
+from imdm.diffusion.times import T_MIN
 from imdm.parallel.distributed import host_to_device
 from imdm.train.ema import named_parameters
 
@@ -73,18 +73,11 @@ class Distillation:
         self.teacher_step = step
         return True
 
-    def _draws(self, seed: int, step: int, global_index: torch.Tensor, global_batch: int, seq_len: int):
-        """(t float32 [B], per-sample seeds [B], masked [B, L]) on the host, as MaskedDiffusion draws them."""
-        index = global_index.cpu()
-        t = training_times(seed, step, global_batch, self.base.antithetic)[index].to(torch.float32)
-        seeds = sample_seeds(seed, step, index)
-        return t, seeds, mask_positions(seeds, seq_len, 1 - self.schedule.alpha(t))
-
     def loss_count(self, global_index: torch.Tensor, global_batch: int, step: int, valid: torch.Tensor,
                    seed: int | None = None) -> int:
         """How many positions `loss` scores (masked and valid), computed on the host."""
         seed = self.base.seed if seed is None else seed
-        _, _, masked = self._draws(seed, step, global_index, global_batch, valid.shape[1])
+        _, _, masked = self.base.draws(seed, step, global_index, global_batch, valid.shape[1])
         return int((masked & valid.cpu()).sum())
 
     def loss(self, model: nn.Module, x0: torch.Tensor, global_index: torch.Tensor, global_batch: int,
@@ -95,11 +88,9 @@ class Distillation:
         (seed, step, index)."""
         seed = self.base.seed if seed is None else seed
         device, seq_len = x0.device, x0.shape[1]
-        t, seeds, masked = self._draws(seed, step, global_index, global_batch, seq_len)
-        scored = masked if valid is None else masked & valid.cpu()
+        t, seeds, masked = self.base.draws(seed, step, global_index, global_batch, seq_len)
+        rows, scored_rows = row_indices(masked, valid, device)
         to_device = functools.partial(host_to_device, device=device)
-        rows = tuple(to_device(i) for i in torch.nonzero(masked, as_tuple=True))
-        scored_rows = tuple(to_device(i) for i in torch.nonzero(scored, as_tuple=True))
         seeds_dev = to_device(seeds)
         z = apply_mask(x0, to_device(masked), self.mask_id)
         noise = self.base.noise(model, seeds_dev, seq_len)
@@ -111,7 +102,7 @@ class Distillation:
         targets = teacher_targets(denoise, z, rows, seeds_dev, t.double(), self.rounds.dt(step), self.schedule,
                                   self.mask_id, posterior).logits
         if valid is not None:
-            targets = targets.index_select(0, to_device(torch.nonzero(scored[masked]).squeeze(1)))
+            targets = targets.index_select(0, to_device(torch.nonzero(valid.cpu()[masked]).squeeze(1)))
         logits = model(z, None if noise is None else noise[rows], self.schedule.sigma(to_device(t)),
                        select=scored_rows, noise_index=rows)
         return divergence(logits, targets, self.mask_id, self.kind).sum()

@@ -40,11 +40,8 @@ def first_step_weights(schedule, t: torch.Tensor, dt: float, posterior: str) -> 
     """Per-sample probabilities (unmask mass, stay mass) of the step t -> max(t - dt, T_MIN) for
     a masked position, float64 [B] on the host; mask states are never re-drawn."""
     t0, t1 = step_times(t, dt)
-    a0, a1 = schedule.alpha(t0), schedule.alpha(t1)
-    weights = [step_weights(float(x), float(y), posterior, fix_eps=True) for x, y in zip(a0, a1)]
-    unmask = torch.tensor([w.unmask for w in weights], dtype=torch.float64)
-    stay = torch.tensor([w.stay for w in weights], dtype=torch.float64)
-    return unmask, stay
+    weights = step_weights(schedule.alpha(t0), schedule.alpha(t1), posterior, fix_eps=True)
+    return weights.unmask, weights.stay
 
 
 @torch.no_grad()
