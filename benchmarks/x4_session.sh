@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the open issues on one 4-GPU host (device tool, kind nvidia-h100-x4),
+# in consecutive calls on the warm machine. Each task runs once (a marker in /tmp/done), only if
+# the call has time left for it, so repeating a phase finishes what a call left undone.
+#   a  synthetic reproduction (issue 6) as branches on GPUs 1-3, one GPU each, while GPU 0 runs
+#      the GPU tests and the kernel and sampling-latency benchmarks (issue 5); then, once every
+#      stage has finished, the synthetic evaluation
+#   b  quiet machine: end-to-end training, kernels wheel against the pre-kernel wheel, small and
+#      large on one GPU (issues 4 and 5); small FSDP over 4 GPUs
+#   c  large FSDP over 4 GPUs; HSDP as 2 rendezvous "nodes" x 2 GPUs trains, then resumes;
+#      sampling latency at 1024 steps
+# Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, torchdata) and .bench/
+# (GPT-2 files, local-corpus token store).
+# Usage: bash benchmarks/x4_session.sh a|b|c NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+set -uo pipefail
+PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+for v in new base; do
+  [ -d /tmp/$v/imdm ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/$v \
+    .whl/$v/*.whl .whl/torchdata-*.whl || exit 1
+done
+REPO=$PWD WORK=/tmp/work SYN=/tmp/syn DONE=/tmp/done
+rm -rf $WORK; mkdir -p $WORK $SYN $DONE; cp -r benchmarks tests pyproject.toml $WORK; cd $WORK
+STORE=$(ls -d "$REPO"/.bench/stores/train-wrap1024-*)
+DATA="algorithm.name=imdm data.source=store data.store=$STORE tokenizer.path=$REPO/.bench/gpt2 data.num_workers=2"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpus_$PHASE.txt"
+
+new() { PYTHONPATH=/tmp/new IMDM_GIT_SHA=$NEW_SHA "$@"; }
+task() {  # task NAME SECONDS COMMAND...: run once, under `timeout SECONDS`, if the call has that long left
+  local name=$1; T=$2; shift 2
+  if [ -e $DONE/$name ]; then echo "$name: done in an earlier call"; return; fi
+  if [ $((LIMIT - SECONDS)) -lt "$T" ]; then echo "$name: not started, $((LIMIT - SECONDS)) s left"; return; fi
+  "$@" && touch $DONE/$name || echo "$name: FAILED or timed out (log in \$OUT)"
+}
+bench() {  # bench WHEEL NPROC LABEL RECIPE overrides...  (under task: timeout $T)
+  local v=$1 n=$2 label=$3 recipe=$4; shift 4
+  local sha=$NEW_SHA launch=python3; [ "$v" = base ] && sha=$BASE_SHA
+  [ "$n" = 1 ] || launch="python3 -m torch.distributed.run --standalone --nproc_per_node=$n"
+  CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((n - 1))) PYTHONPATH=/tmp/$v IMDM_GIT_SHA=$sha timeout "$T" $launch \
+    benchmarks/train_throughput.py --warmup 3 --steps 8 --results-dir "$OUT" --label "$label" \
+    --recipe "$REPO/recipes/$recipe" "$@" $DATA > "$OUT/bench_$label.log" 2>&1
+  grep -E "tokens/s|Error" "$OUT/bench_$label.log" | tail -2; grep -q "tokens/s" "$OUT/bench_$label.log"
+}
+gpu0() {  # gpu0 LOG COMMAND...: on GPU 0, under timeout $T, output to $OUT/LOG and its tail here
+  local log=$1; shift
+  CUDA_VISIBLE_DEVICES=0 new timeout "$T" "$@" > "$OUT/$log" 2>&1; local rc=$?
+  tail -4 "$OUT/$log"; return $rc
+}
+branch() {  # branch GPU PART: run part PART of the GPU synthetic pipeline on one GPU
+  [ -e $SYN/$2.done ] && return
+  (cd $SYN && export CUDA_VISIBLE_DEVICES=$1 && new python3 -m imdm pipeline "p_$2.toml") >> "$OUT/syn_$2.log" 2>&1 \
+    && touch $SYN/$2.done
+}
+hsdp() {  # two rendezvous "nodes" of 2 GPUs, large model, HSDP replicate=2, to step $1
+  for node in 0 1; do
+    CUDA_VISIBLE_DEVICES=$((2 * node)),$((2 * node + 1)) new timeout 150 python3 -m torch.distributed.run --nnodes=2 \
+      --node_rank=$node --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:29611 --rdzv_id=hsdp$1 \
+      -m imdm train "$REPO/recipes/owt_large.toml" $DATA parallelism.replicate=2 parallelism.compile=off \
+      train.global_batch=64 train.micro_batch=16 train.steps=$1 checkpoint.every_steps=2 logging.every_steps=1 \
+      logging.progress=false run.output_dir=/tmp/hsdp train.eval_batches=1 > "$OUT/hsdp_${1}_node$node.log" 2>&1 &
+  done
+  wait
+}
+hsdp_train_resume() {
+  rm -rf /tmp/hsdp; hsdp 3; hsdp 5
+  grep -h '"loss"\|event' /tmp/hsdp/*/metrics.jsonl | cut -c1-200 | tee "$OUT/hsdp_metrics.txt"
+  ls /tmp/hsdp/*/checkpoints | tee -a "$OUT/hsdp_metrics.txt"
+  grep -q '"step": 5' /tmp/hsdp/*/metrics.jsonl
+}
+
+case $PHASE in
+a)
+  new python3 - "$REPO/recipes/pipelines/synthetic_repro_gpu.toml" "$SYN" <<'PY'
+import json, sys, tomllib
+def name(stage):
+    return next(o.split("=", 1)[1] for o in stage["overrides"] if o.startswith("run.name="))
+stages = {name(s): s for s in tomllib.load(open(sys.argv[1], "rb"))["stage"]}
+parts = {"mdlm-sdtt": ["mdlm", "sdtt"], "imdm": ["imdm"], "imsdtt-redi": ["imsdtt", "imsdtt-couplings", "imsdtt-redi"],
+         "imredi": ["imdm-couplings", "imredi"], "k16": ["imdm-k16", "imsdtt-k16"]}
+assert sorted(sum(parts.values(), [])) == sorted(stages), "parts must cover the pipeline"
+for part, names in parts.items():
+    with open(f"{sys.argv[2]}/p_{part}.toml", "w") as f:
+        f.write('[pipeline]\noutput_dir = "runs/synthetic_repro_gpu"\n')
+        for n in names:
+            s = stages[n]
+            extra = [] if s.get("command") == "couplings" else ["checkpoint.every_steps=1000"]
+            f.write(f'\n[[stage]]\nrecipe = {json.dumps(s["recipe"])}\ncommand = {json.dumps(s.get("command", "train"))}\n'
+                    f'overrides = {json.dumps(s["overrides"] + extra)}\n')
+PY
+  (branch 1 mdlm-sdtt; until [ -e $SYN/imdm.done ]; do sleep 2; done; branch 1 imredi) & pids=($!)
+  (branch 2 imdm && branch 2 imsdtt-redi) & pids+=($!)
+  (branch 3 k16) & pids+=($!)
+  task gpu-tests 150 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
+  task kernel-masked-loss 60 gpu0 kernel_masked_loss.log python3 benchmarks/kernel_masked_loss.py --results-dir "$OUT"
+  task kernel-sampler 45 gpu0 kernel_sampler.log python3 benchmarks/kernel_sampler.py --results-dir "$OUT"
+  task kernel-masking 30 gpu0 kernel_masking.log python3 benchmarks/kernel_masking.py --results-dir "$OUT" --iters 50
+  task sampling-latency 100 gpu0 sampling_latency.log python3 benchmarks/sampling_latency.py --steps 1 4 16 --results-dir "$OUT"
+  while kill -0 "${pids[@]}" 2>/dev/null && [ $((LIMIT - SECONDS)) -gt 100 ]; do sleep 2; done
+  pkill -f "imdm pipeline"; kill "${pids[@]}" 2>/dev/null
+  for p in mdlm-sdtt imdm imsdtt-redi imredi k16; do
+    echo "== $p $([ -e $SYN/$p.done ] && echo finished)"; grep -E "stage |Error|error" "$OUT/syn_$p.log" | tail -3
+  done
+  if ls $SYN/{mdlm-sdtt,imdm,imsdtt-redi,imredi,k16}.done > /dev/null 2>&1; then
+    (cd $SYN && T=95 gpu0 synthetic_eval.log python3 $WORK/benchmarks/synthetic_repro.py \
+       --pipeline builtin:pipelines/synthetic_repro_gpu --device cuda --results-dir "$OUT")
+    cat "$OUT/synthetic_eval.log" | tail -40
+  fi
+  ;;
+b)
+  task small-kernels 150 bench new 1 small-kernels owt.toml train.global_batch=128 train.micro_batch=32
+  task small-baseline 150 bench base 1 small-baseline owt.toml train.global_batch=128 train.micro_batch=32
+  task large-kernels 160 bench new 1 large-kernels owt_large.toml train.global_batch=64 train.micro_batch=16
+  task large-baseline 160 bench base 1 large-baseline owt_large.toml train.global_batch=64 train.micro_batch=16
+  task small-4gpu 180 bench new 4 small-4gpu-fsdp owt.toml train.global_batch=512 train.micro_batch=32
+  ;;
+c)
+  task small-4gpu 180 bench new 4 small-4gpu-fsdp owt.toml train.global_batch=512 train.micro_batch=32
+  task large-4gpu 220 bench new 4 large-4gpu-fsdp owt_large.toml train.global_batch=256 train.micro_batch=16
+  task hsdp 300 hsdp_train_resume
+  task sampling-latency-1024 200 gpu0 sampling_latency_1024.log python3 benchmarks/sampling_latency.py --steps 1024 --results-dir "$OUT"
+  ;;
+esac
+echo "== summary $PHASE"
+python3 - <<'PY'
+import json, glob, os
+for f in sorted(glob.glob(os.environ["OUT"] + "/*/*.json")):
+    r = json.load(open(f)); m = r["metrics"]
+    if r["benchmark"] == "train_throughput":
+        print(f"{r['config']['label']:<18} ws {r['world_size']} {m['tokens_per_s_per_gpu']:>10,.0f} tok/s/GPU  "
+              f"mfu {m['mfu']:.3f}  mem {m['peak_mem_gib']:.1f} GiB  wait {m['data_wait_share']:.4f}")
+    elif r["benchmark"] != "synthetic_repro":
+        print(r["benchmark"], {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()
+                               if not isinstance(v, (dict, list))})
+PY
