@@ -32,6 +32,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _profile(trainer: Trainer, steps: int, is_main: bool, trace: str | None) -> str | None:
+    """Top operators by device time (CPU time on CPU) over `steps` training steps, and the
+    step's wall time split: host-side op time against device busy time tells a launch-bound
+    step from a compute-bound one."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.train_step()
+        _sync(trainer.dist.device)
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70)
+    if is_main:
+        print(table)
+        if trace:
+            prof.export_chrome_trace(trace)
+    return table if is_main else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipes/owt.toml")
@@ -40,6 +59,9 @@ def main() -> None:
     parser.add_argument("--checkpoint-stall", action="store_true", help="also time an async checkpoint")
     parser.add_argument("--label", default="", help="free-form label stored in the config")
     parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after timing, profile this many steps; rank 0 prints the op table and stores it with the results")
+    parser.add_argument("--trace", default=None, help="with --profile: rank 0 also writes a Chrome trace here")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     scratch = tempfile.mkdtemp(prefix="imdm-bench-run-")
@@ -87,6 +109,8 @@ def main() -> None:
               "replicate": recipe.parallelism.replicate, "data_source": recipe.data.source,
               "num_workers": recipe.data.num_workers, "dims": [d, b, h], "label": args.label,
               "overrides": args.overrides, "timed_steps": args.steps}
+    if args.profile:
+        metrics["profile_table"] = _profile(trainer, args.profile, dist.is_main, args.trace)
     if dist.is_main:
         path = write_result("train_throughput", args.recipe, config, metrics, world_size=dist.world_size,
                             out_dir=Path(args.results_dir) if args.results_dir else None)

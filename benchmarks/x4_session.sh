@@ -7,11 +7,12 @@
 #      stage has finished, the synthetic evaluation
 #   b  quiet machine: end-to-end training, kernels wheel against the pre-kernel wheel, small and
 #      large on one GPU (issues 4 and 5); small FSDP over 4 GPUs
+#   p  profiles (op tables, Chrome traces) of the small model on 1 and 4 GPUs, large on 4
 #   c  large FSDP over 4 GPUs; HSDP as 2 rendezvous "nodes" x 2 GPUs trains, then resumes;
 #      sampling latency at 1024 steps
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, torchdata) and .bench/
 # (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/x4_session.sh a|b|c NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/x4_session.sh a|b|c|p NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -20,7 +21,7 @@ for v in new base; do
     .whl/$v/*.whl .whl/torchdata-*.whl || exit 1
 done
 REPO=$PWD WORK=/tmp/work SYN=/tmp/syn DONE=/tmp/done
-rm -rf $WORK; mkdir -p $WORK $SYN $DONE; cp -r benchmarks tests pyproject.toml $WORK; cd $WORK
+rm -rf $WORK; mkdir -p $WORK $SYN $DONE; cp -r benchmarks tests recipes pyproject.toml $WORK; cd $WORK
 STORE=$(ls -d "$REPO"/.bench/stores/train-wrap1024-*)
 DATA="algorithm.name=imdm data.source=store data.store=$STORE tokenizer.path=$REPO/.bench/gpt2 data.num_workers=2"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpus_$PHASE.txt"
@@ -114,10 +115,20 @@ b)
   task small-4gpu 180 bench new 4 small-4gpu-fsdp owt.toml train.global_batch=512 train.micro_batch=32
   ;;
 c)
-  task small-4gpu 180 bench new 4 small-4gpu-fsdp owt.toml train.global_batch=512 train.micro_batch=32
   task large-4gpu 220 bench new 4 large-4gpu-fsdp owt_large.toml train.global_batch=256 train.micro_batch=16
+  T=60 gpu0 kernel_masking.log python3 benchmarks/kernel_masking.py --results-dir "$OUT" --iters 50
+  T=60 gpu0 kernel_masked_loss.log python3 benchmarks/kernel_masked_loss.py --results-dir "$OUT"
+  T=45 gpu0 kernel_sampler.log python3 benchmarks/kernel_sampler.py --results-dir "$OUT"
+  (cd $SYN && T=95 gpu0 synthetic_eval.log python3 $WORK/benchmarks/synthetic_repro.py \
+     --pipeline builtin:pipelines/synthetic_repro_gpu --device cuda --results-dir "$OUT")
+  task sampling-latency-all 200 gpu0 sampling_latency.log python3 benchmarks/sampling_latency.py --results-dir "$OUT"
   task hsdp 300 hsdp_train_resume
-  task sampling-latency-1024 200 gpu0 sampling_latency_1024.log python3 benchmarks/sampling_latency.py --steps 1024 --results-dir "$OUT"
+  ;;
+p)
+  task prof-small-1gpu 150 bench new 1 small-1gpu-profile owt.toml --profile 2 --trace "$OUT/small1.json" train.global_batch=128 train.micro_batch=32
+  task prof-small-4gpu 200 bench new 4 small-4gpu-profile owt.toml --profile 2 --trace "$OUT/small4.json" train.global_batch=512 train.micro_batch=32
+  gzip "$OUT"/small*.json
+  task prof-large-4gpu 200 bench new 4 large-4gpu-profile owt_large.toml --profile 1 train.global_batch=256 train.micro_batch=16
   ;;
 esac
 echo "== summary $PHASE"
