@@ -7,12 +7,13 @@
 #      stage has finished, the synthetic evaluation
 #   b  quiet machine: end-to-end training, kernels wheel against the pre-kernel wheel, small and
 #      large on one GPU (issues 4 and 5); small FSDP over 4 GPUs
+#   r  1 GPU against FSDP over 4 with parameters kept gathered between forward and backward
 #   p  profiles (op tables, Chrome traces) of the small model on 1 and 4 GPUs, large on 4
 #   c  large FSDP over 4 GPUs; HSDP as 2 rendezvous "nodes" x 2 GPUs trains, then resumes;
 #      sampling latency at 1024 steps
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, torchdata) and .bench/
 # (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/x4_session.sh a|b|c|p NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/x4_session.sh a|b|c|p|r NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -123,6 +124,12 @@ c)
      --pipeline builtin:pipelines/synthetic_repro_gpu --device cuda --results-dir "$OUT")
   task sampling-latency-all 200 gpu0 sampling_latency.log python3 benchmarks/sampling_latency.py --results-dir "$OUT"
   task hsdp 300 hsdp_train_resume
+  ;;
+r)
+  task r-small-1gpu 80 bench new 1 small-1gpu owt.toml train.global_batch=128 train.micro_batch=32
+  task r-small-4gpu 100 bench new 4 small-4gpu-fsdp-keep owt.toml train.global_batch=512 train.micro_batch=32 parallelism.reshard_after_forward=false
+  task r-large-4gpu 120 bench new 4 large-4gpu-fsdp-keep owt_large.toml train.global_batch=256 train.micro_batch=16 parallelism.reshard_after_forward=false
+  task r-large-1gpu 90 bench new 1 large-1gpu owt_large.toml train.global_batch=64 train.micro_batch=16
   ;;
 p)
   task prof-small-1gpu 150 bench new 1 small-1gpu-profile owt.toml --profile 2 --trace "$OUT/small1.json" train.global_batch=128 train.micro_batch=32
