@@ -189,3 +189,36 @@ def test_per_block_compile_matches_eager(tmp_path):
     assert set(a) == set(b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("reshard_after_forward", [False, True])
+def test_gathered_parameters_across_gradient_accumulation(tmp_path, reshard_after_forward):
+    """With reshard_after_forward off (the default), a block's parameters are gathered once per
+    step: they stay gathered through every micro-batch's forward and backward (the trainer's
+    set_reshard_after_backward(last)) and are resharded only after the last backward. With it
+    on, every forward frees them again, so every backward gathers them anew."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from imdm.models.dit import DiT, DiTConfig
+    from imdm.parallel.fsdp import apply_fsdp
+    from imdm.parallel.mesh import data_parallel_mesh
+    from imdm.recipe.schema import ParallelismSection
+
+    assert ParallelismSection().reshard_after_forward is False
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        model = DiT(DiTConfig(vocab_size=17, mask_id=16, d_model=32, n_blocks=2, n_heads=2, dropout=0.0))
+        apply_fsdp(model, data_parallel_mesh("cpu", 1, 1), None, reshard_after_forward)
+        gathered = lambda: not isinstance(next(model.blocks[0].parameters()), DTensor)  # noqa: E731
+        tokens = torch.randint(0, 17, (2, 5))
+        for i in range(3):
+            last = i == 2
+            model.set_requires_gradient_sync(last)
+            model.set_reshard_after_backward(last)
+            loss = model(tokens).float().logsumexp(-1).mean()
+            assert gathered() is not reshard_after_forward
+            loss.backward()
+            assert gathered() is not last
+    finally:
+        dist.destroy_process_group()

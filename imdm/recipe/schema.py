@@ -186,7 +186,8 @@ class TrainSection:
 class ParallelismSection:
     data_parallel: int = spec(0, ge=0, doc="data-parallel ranks (0 = the launcher's world size)")
     replicate: int = spec(1, gt=0, doc="HSDP replicas (e.g. nodes); FSDP shards over world / replicate ranks")
-    reshard_after_forward: bool = spec(True, doc="FSDP2: free gathered parameters after each forward")
+    reshard_after_forward: bool = spec(False, doc="FSDP2: free gathered parameters after each forward (true: "
+                                       "least memory; false: one all-gather per unit per step, the bf16 parameters stay)")
     param_dtype: str = spec("bf16", choices=("bf16", "fp32"), doc="FSDP2: dtype parameters are gathered in")
     activation_checkpointing: str = spec("none", choices=("none", "selective", "full"),
                                          doc="recompute blocks in backward: none, every ac_every-th, all")
