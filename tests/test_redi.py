@@ -155,6 +155,7 @@ def test_synthetic_couplings_to_imredi_end_to_end(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
     assert any("initialised from run teacher" in m.get("event", "") for m in lines)
     assert sum("loss" in m for m in lines) == 12
+    assert not any("val_nelbo" in k for m in lines for k in m)   # a coupling set has no validation split
     assert data_origin(student) == "synthetic"                # `imdm eval` reports validity and coverage
     run = load_run(result.run_dir, torch.device("cpu"))
     rows = evaluate_synthetic(run.recipe, run.model, run.algorithm, torch.device("cpu"))

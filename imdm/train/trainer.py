@@ -223,12 +223,13 @@ class Trainer:
         self.step += 1
         return all_reduce_sum(total) / count, waited
 
-    def validation_nelbo(self, model: torch.nn.Module) -> float:
+    def validation_nelbo(self, model: torch.nn.Module) -> float | None:
         """Mean NELBO per valid token (nats) over the first `train.eval_batches` micro-batches of
-        the validation split, exactly as `imdm eval` computes it (NaN without a validation split)."""
+        the validation split, exactly as `imdm eval` computes it (None without a validation
+        split, e.g. a coupling set: nothing is logged then)."""
         r = self.recipe
         if not has_validation_split(r):
-            return float("nan")
+            return None
         if not hasattr(self, "_val_dataset"):
             split = "validation" if r.data.source != "synthetic" else "train"
             self._val_dataset = build_dataset(r, split, self.dist.is_main)
@@ -261,11 +262,13 @@ class Trainer:
             self.stop.uninstall()
             self.checkpoints.close()
         stopped = self.step < r.train.steps
-        val = float("nan") if stopped else self.validation_nelbo(self.ema_model())
-        log.write({"step": self.step, "val_nelbo_ema": val} if not stopped else
-                  {"step": self.step, "event": "stopped by signal after saving"})
+        val = None if stopped else self.validation_nelbo(self.ema_model())
+        if stopped:
+            log.write({"step": self.step, "event": "stopped by signal after saving"})
+        elif val is not None:
+            log.write({"step": self.step, "val_nelbo_ema": val})
         log.close()
-        return TrainResult(self.run_dir, self.step, loss_value, val, stopped)
+        return TrainResult(self.run_dir, self.step, loss_value, float("nan") if val is None else val, stopped)
 
     def _loop(self, log: MetricsLog) -> float:
         r = self.recipe
@@ -294,7 +297,9 @@ class Trainer:
                 log.write(record)
                 tick, ticked_step, waited = now, self.step, 0.0
             if r.train.eval_every and self.step % r.train.eval_every == 0:
-                log.write({"step": self.step, "val_nelbo": self.validation_nelbo(self.model)})
+                val = self.validation_nelbo(self.model)
+                if val is not None:
+                    log.write({"step": self.step, "val_nelbo": val})
             periodic = r.checkpoint.every_steps and self.step % r.checkpoint.every_steps == 0
             if self.stop.requested or periodic or self.step == r.train.steps:
                 stall = self.save()
