@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the open issues on one 4-GPU host (device tool, kind nvidia-h100-x4),
 # in consecutive calls on the warm machine. Each task runs once (a marker in /tmp/done), only if
-# the call has time left for it, so repeating a phase finishes what a call left undone.
+# the call has time left for it, so repeating a phase finishes what a call left undone. Results
+# come back as one archive, $OUT/PHASE.tgz (the tool returns at most 8 files).
 #   a  synthetic reproduction (issue 6) as branches on GPUs 1-3, one GPU each, while GPU 0 runs
 #      the GPU tests and the kernel and sampling-latency benchmarks (issue 5); then, once every
 #      stage has finished, the synthetic evaluation
-#   b  quiet machine: end-to-end training, kernels wheel against the pre-kernel wheel, small and
-#      large on one GPU (issues 4 and 5); small FSDP over 4 GPUs
-#   r  1 GPU against FSDP over 4 with parameters kept gathered between forward and backward
+#   b  quiet machine: end-to-end training on one GPU, kernels wheel against the pre-kernel wheel,
+#      small and large (issues 4 and 5)
+#   c  FSDP over 4 GPUs, small and large, with their 1-GPU baselines in the same call; HSDP as
+#      2 rendezvous "nodes" x 2 GPUs trains, then resumes
 #   p  profiles (op tables, Chrome traces) of the small model on 1 and 4 GPUs, large on 4
-#   c  large FSDP over 4 GPUs; HSDP as 2 rendezvous "nodes" x 2 GPUs trains, then resumes;
-#      sampling latency at 1024 steps
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, torchdata) and .bench/
 # (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/x4_session.sh a|b|c|p|r NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/x4_session.sh a|b|c|p NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -95,8 +95,8 @@ PY
   task gpu-tests 150 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
   task kernel-masked-loss 60 gpu0 kernel_masked_loss.log python3 benchmarks/kernel_masked_loss.py --results-dir "$OUT"
   task kernel-sampler 45 gpu0 kernel_sampler.log python3 benchmarks/kernel_sampler.py --results-dir "$OUT"
-  task kernel-masking 30 gpu0 kernel_masking.log python3 benchmarks/kernel_masking.py --results-dir "$OUT" --iters 50
-  task sampling-latency 100 gpu0 sampling_latency.log python3 benchmarks/sampling_latency.py --steps 1 4 16 --results-dir "$OUT"
+  task kernel-masking 60 gpu0 kernel_masking.log python3 benchmarks/kernel_masking.py --results-dir "$OUT" --iters 50
+  task sampling-latency 200 gpu0 sampling_latency.log python3 benchmarks/sampling_latency.py --results-dir "$OUT"
   while kill -0 "${pids[@]}" 2>/dev/null && [ $((LIMIT - SECONDS)) -gt 100 ]; do sleep 2; done
   pkill -f "imdm pipeline"; kill "${pids[@]}" 2>/dev/null
   for p in mdlm-sdtt imdm imsdtt-redi imredi k16; do
@@ -113,28 +113,17 @@ b)
   task small-baseline 150 bench base 1 small-baseline owt.toml train.global_batch=128 train.micro_batch=32
   task large-kernels 160 bench new 1 large-kernels owt_large.toml train.global_batch=64 train.micro_batch=16
   task large-baseline 160 bench base 1 large-baseline owt_large.toml train.global_batch=64 train.micro_batch=16
-  task small-4gpu 180 bench new 4 small-4gpu-fsdp owt.toml train.global_batch=512 train.micro_batch=32
   ;;
 c)
-  task large-4gpu 220 bench new 4 large-4gpu-fsdp owt_large.toml train.global_batch=256 train.micro_batch=16
-  T=60 gpu0 kernel_masking.log python3 benchmarks/kernel_masking.py --results-dir "$OUT" --iters 50
-  T=60 gpu0 kernel_masked_loss.log python3 benchmarks/kernel_masked_loss.py --results-dir "$OUT"
-  T=45 gpu0 kernel_sampler.log python3 benchmarks/kernel_sampler.py --results-dir "$OUT"
-  (cd $SYN && T=95 gpu0 synthetic_eval.log python3 $WORK/benchmarks/synthetic_repro.py \
-     --pipeline builtin:pipelines/synthetic_repro_gpu --device cuda --results-dir "$OUT")
-  task sampling-latency-all 200 gpu0 sampling_latency.log python3 benchmarks/sampling_latency.py --results-dir "$OUT"
+  task small-1gpu 90 bench new 1 small-1gpu owt.toml train.global_batch=128 train.micro_batch=32
+  task small-4gpu 120 bench new 4 small-4gpu-fsdp owt.toml train.global_batch=512 train.micro_batch=32
+  task large-1gpu 100 bench new 1 large-1gpu owt_large.toml train.global_batch=64 train.micro_batch=16
+  task large-4gpu 140 bench new 4 large-4gpu-fsdp owt_large.toml train.global_batch=256 train.micro_batch=16
   task hsdp 300 hsdp_train_resume
-  ;;
-r)
-  task r-small-1gpu 80 bench new 1 small-1gpu owt.toml train.global_batch=128 train.micro_batch=32
-  task r-small-4gpu 100 bench new 4 small-4gpu-fsdp-keep owt.toml train.global_batch=512 train.micro_batch=32 parallelism.reshard_after_forward=false
-  task r-large-4gpu 120 bench new 4 large-4gpu-fsdp-keep owt_large.toml train.global_batch=256 train.micro_batch=16 parallelism.reshard_after_forward=false
-  task r-large-1gpu 90 bench new 1 large-1gpu owt_large.toml train.global_batch=64 train.micro_batch=16
   ;;
 p)
   task prof-small-1gpu 150 bench new 1 small-1gpu-profile owt.toml --profile 2 --trace "$OUT/small1.json" train.global_batch=128 train.micro_batch=32
   task prof-small-4gpu 200 bench new 4 small-4gpu-profile owt.toml --profile 2 --trace "$OUT/small4.json" train.global_batch=512 train.micro_batch=32
-  gzip "$OUT"/small*.json
   task prof-large-4gpu 200 bench new 4 large-4gpu-profile owt_large.toml --profile 1 train.global_batch=256 train.micro_batch=16
   ;;
 esac
@@ -150,3 +139,4 @@ for f in sorted(glob.glob(os.environ["OUT"] + "/*/*.json")):
         print(r["benchmark"], {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()
                                if not isinstance(v, (dict, list))})
 PY
+cd "$OUT" && tar czf /tmp/$PHASE.tgz --exclude="$PHASE.tgz" . && find . -mindepth 1 -delete && mv /tmp/$PHASE.tgz .
