@@ -4,13 +4,22 @@ interpreter, TRITON_INTERPRET=1), "eager" forces the reference."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 BACKENDS = ("auto", "triton", "eager")
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def use_triton(backend: str, tensor: torch.Tensor) -> bool:
-    """Whether `backend` means the Triton kernel for inputs living where `tensor` lives."""
+    """Whether `backend` means the Triton kernel for inputs living where `tensor` lives. Without
+    Triton installed (e.g. macOS) everything runs on the CPU references; asking for a kernel
+    then fails with a message instead."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; expected one of {BACKENDS}")
-    return backend == "triton" or (backend == "auto" and tensor.is_cuda)
+    chosen = backend == "triton" or (backend == "auto" and tensor.is_cuda)
+    if chosen and not TRITON_INSTALLED:
+        raise RuntimeError(f"kernel backend {backend!r} on {tensor.device.type} tensors needs Triton, which is not "
+                           "installed (pip install triton; Linux), or use the eager references (backend 'eager')")
+    return chosen

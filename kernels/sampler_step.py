@@ -232,10 +232,8 @@ def sampler_step(logits: torch.Tensor, z: torch.Tensor, seeds: torch.Tensor, ste
                          f"{tuple(z.shape)}, {tuple(seeds.shape)}")
     args = (logits, z, seeds, step_index, per_sample_weights(z.shape[0], unmask, stay_keep, stay_redraw), mask_id,
             temperature, top_p)
-    if not use_triton(backend, logits) or (backend == "auto" and triton is None):
+    if not use_triton(backend, logits):
         return sampler_step_reference(*args)
-    if triton is None:
-        raise RuntimeError("the Triton sampler step needs triton installed")
     if logits.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"fused sampler step reads fp32/bf16/fp16 logits, got {logits.dtype}")
     return torch.ops.imdm.sampler_step(*args)
