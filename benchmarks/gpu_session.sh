@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the open issues on one 4-GPU host (device tool, kind nvidia-h100-x4),
-# in consecutive calls on the warm machine. Each task runs once (a marker in /tmp/done), only if
+# Every GPU measurement of the open issues, on a 4-GPU host (device tool, kind nvidia-h100-x4;
+# phases k and b also on one GPU, nvidia-h100-x1), in consecutive calls on the warm machine. Each task runs once (a marker in /tmp/done), only if
 # the call has time left for it, so repeating a phase finishes what a call left undone. Results
 # come back as one archive, $OUT/PHASE.tgz (the tool returns at most 8 files).
 #   a  synthetic reproduction (issue 6) as branches on GPUs 1-3, one GPU each, while GPU 0 runs
 #      the GPU tests and the kernel and sampling-latency benchmarks (issue 5); then, once every
 #      stage has finished, the synthetic evaluation
+#   k  one GPU: the GPU tests, the kernel and sampling-latency benchmarks (issue 5)
 #   b  quiet machine: end-to-end training on one GPU, kernels wheel against the pre-kernel wheel,
-#      small and large (issues 4 and 5)
+#      small (with the asynchronous-checkpoint stall) and large (issues 4 and 5)
 #   c  FSDP over 4 GPUs, small and large, with their 1-GPU baselines in the same call; HSDP as
 #      2 rendezvous "nodes" x 2 GPUs trains, then resumes
 #   p  profiles (op tables, Chrome traces) of the small model on 1 and 4 GPUs, large on 4
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, torchdata) and .bench/
 # (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/x4_session.sh a|b|c|p NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|k|b|c|p NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -63,6 +64,13 @@ hsdp() {  # two rendezvous "nodes" of 2 GPUs, large model, HSDP replicate=2, to 
   done
   wait
 }
+kernel_tasks() {  # GPU tests, kernel benchmarks and sampling latency, on GPU 0
+  task gpu-tests 150 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
+  task kernel-masked-loss 60 gpu0 kernel_masked_loss.log python3 benchmarks/kernel_masked_loss.py --results-dir "$OUT"
+  task kernel-sampler 45 gpu0 kernel_sampler.log python3 benchmarks/kernel_sampler.py --results-dir "$OUT"
+  task kernel-masking 60 gpu0 kernel_masking.log python3 benchmarks/kernel_masking.py --results-dir "$OUT" --iters 50
+  task sampling-latency 200 gpu0 sampling_latency.log python3 benchmarks/sampling_latency.py --results-dir "$OUT"
+}
 hsdp_train_resume() {
   rm -rf /tmp/hsdp; hsdp 3; hsdp 5
   grep -h '"loss"\|event' /tmp/hsdp/*/metrics.jsonl | cut -c1-200 | tee "$OUT/hsdp_metrics.txt"
@@ -92,11 +100,7 @@ PY
   (branch 1 mdlm-sdtt; until [ -e $SYN/imdm.done ]; do sleep 2; done; branch 1 imredi) & pids=($!)
   (branch 2 imdm && branch 2 imsdtt-redi) & pids+=($!)
   (branch 3 k16) & pids+=($!)
-  task gpu-tests 150 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
-  task kernel-masked-loss 60 gpu0 kernel_masked_loss.log python3 benchmarks/kernel_masked_loss.py --results-dir "$OUT"
-  task kernel-sampler 45 gpu0 kernel_sampler.log python3 benchmarks/kernel_sampler.py --results-dir "$OUT"
-  task kernel-masking 60 gpu0 kernel_masking.log python3 benchmarks/kernel_masking.py --results-dir "$OUT" --iters 50
-  task sampling-latency 200 gpu0 sampling_latency.log python3 benchmarks/sampling_latency.py --results-dir "$OUT"
+  kernel_tasks
   while kill -0 "${pids[@]}" 2>/dev/null && [ $((LIMIT - SECONDS)) -gt 100 ]; do sleep 2; done
   pkill -f "imdm pipeline"; kill "${pids[@]}" 2>/dev/null
   for p in mdlm-sdtt imdm imsdtt-redi imredi k16; do
@@ -108,8 +112,11 @@ PY
     cat "$OUT/synthetic_eval.log" | tail -40
   fi
   ;;
+k)
+  kernel_tasks
+  ;;
 b)
-  task small-kernels 150 bench new 1 small-kernels owt.toml train.global_batch=128 train.micro_batch=32
+  task small-kernels 170 bench new 1 small-kernels owt.toml --checkpoint-stall train.global_batch=128 train.micro_batch=32
   task small-baseline 150 bench base 1 small-baseline owt.toml train.global_batch=128 train.micro_batch=32
   task large-kernels 160 bench new 1 large-kernels owt_large.toml train.global_batch=64 train.micro_batch=16
   task large-baseline 160 bench base 1 large-baseline owt_large.toml train.global_batch=64 train.micro_batch=16
