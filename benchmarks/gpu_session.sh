@@ -86,7 +86,8 @@ def name(stage):
     return next(o.split("=", 1)[1] for o in stage["overrides"] if o.startswith("run.name="))
 stages = {name(s): s for s in tomllib.load(open(sys.argv[1], "rb"))["stage"]}
 parts = {"mdlm-sdtt": ["mdlm", "sdtt"], "imdm": ["imdm"], "imsdtt-redi": ["imsdtt", "imsdtt-couplings", "imsdtt-redi"],
-         "imredi": ["imdm-couplings", "imredi"], "k16": ["imdm-k16", "imsdtt-k16"]}
+         "imredi": ["imdm-couplings", "imredi"], "k16": ["imdm-k16", "imsdtt-k16"],
+         "allmask": ["imdm-allmask-couplings", "imredi-allmask"]}
 assert sorted(sum(parts.values(), [])) == sorted(stages), "parts must cover the pipeline"
 for part, names in parts.items():
     with open(f"{sys.argv[2]}/p_{part}.toml", "w") as f:
@@ -99,14 +100,14 @@ for part, names in parts.items():
 PY
   (branch 1 mdlm-sdtt; until [ -e $SYN/imdm.done ]; do sleep 2; done; branch 1 imredi) & pids=($!)
   (branch 2 imdm && branch 2 imsdtt-redi) & pids+=($!)
-  (branch 3 k16) & pids+=($!)
+  (branch 3 k16; until [ -e $SYN/imdm.done ]; do sleep 2; done; branch 3 allmask) & pids+=($!)
   kernel_tasks
   while kill -0 "${pids[@]}" 2>/dev/null && [ $((LIMIT - SECONDS)) -gt 100 ]; do sleep 2; done
   pkill -f "imdm pipeline"; kill "${pids[@]}" 2>/dev/null
-  for p in mdlm-sdtt imdm imsdtt-redi imredi k16; do
+  for p in mdlm-sdtt imdm imsdtt-redi imredi k16 allmask; do
     echo "== $p $([ -e $SYN/$p.done ] && echo finished)"; grep -E "stage |Error|error" "$OUT/syn_$p.log" | tail -3
   done
-  if ls $SYN/{mdlm-sdtt,imdm,imsdtt-redi,imredi,k16}.done > /dev/null 2>&1; then
+  if ls $SYN/{mdlm-sdtt,imdm,imsdtt-redi,imredi,k16,allmask}.done > /dev/null 2>&1; then
     (cd $SYN && T=95 gpu0 synthetic_eval.log python3 $WORK/benchmarks/synthetic_repro.py \
        --pipeline builtin:pipelines/synthetic_repro_gpu --device cuda --results-dir "$OUT")
     cat "$OUT/synthetic_eval.log" | tail -40
