@@ -158,8 +158,7 @@ def main() -> None:
               "padded_vocab": padded, "rows": rows, "dtype": "bf16 activations, fp32 head weights, autocast",
               "chunk_rows": masked_loss._chunk_rows(rows, padded, torch.bfloat16, 1),
               "chunk_bytes": masked_loss.CHUNK_BYTES, "warmup": args.warmup, "iters": args.iters}
-    path = write_result("kernel_masked_loss", "", config, metrics,
-                        out_dir=Path(args.results_dir) if args.results_dir else None)
+    path = write_result("kernel_masked_loss", "", config, metrics, out_dir=args.results_dir)
     print(f"d {args.d}, {rows} rows, V {vocab} (head {padded}), bf16: fwd+bwd ms / extra GiB")
     print("  ".join(f"{name} {metrics[_key(name, 'fwd_bwd_ms')]:.2f} / {metrics[_key(name, 'extra_mem_gib')]:.2f}"
                     for name in table))

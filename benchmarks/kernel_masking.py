@@ -108,8 +108,7 @@ def main() -> None:
               "rows": n_rows, "iters": args.iters, "hbm_bytes_per_s": peak}
     metrics = {"ms": head["ms"], "gb_per_s": head["gb_per_s"], "hbm_fraction": head["hbm_fraction"],
                "baseline_compiled_ms": head["baseline_compiled_ms"], "cases": cases}
-    path = write_result("kernel_masking", "", config, metrics,
-                        out_dir=Path(args.results_dir) if args.results_dir else None)
+    path = write_result("kernel_masking", "", config, metrics, out_dir=args.results_dir)
     print(f"wrote {path}")
 
 

@@ -87,7 +87,7 @@ def main() -> None:
               "posterior": "imdm", "masked_fraction": 1.0, "step": f"{STEP} of {STEPS}"}
     metrics = {**{k: v for k, v in full.items() if k != "masked_fraction"}, "half_masked": half,
                "hbm_bytes_per_s": peak}
-    print(write_result("kernel_sampler", "", config, metrics, out_dir=Path(args.results_dir) if args.results_dir else None))
+    print(write_result("kernel_sampler", "", config, metrics, out_dir=args.results_dir))
 
 
 if __name__ == "__main__":

@@ -49,12 +49,12 @@ def software_versions() -> dict:
 
 
 def write_result(benchmark: str, recipe: str, config: dict, metrics: dict, world_size: int = 1,
-                 out_dir: Path | None = None) -> Path:
-    """Write the result JSON and return its path."""
+                 out_dir: str | Path | None = None) -> Path:
+    """Write the result JSON under `out_dir` (default benchmarks/results) and return its path."""
     device, sha = device_name(), git_sha()
     record = {"benchmark": benchmark, "device": device, "world_size": world_size, **software_versions(),
               "git_sha": sha, "recipe": recipe, "config": config, "metrics": metrics}
-    folder = (out_dir or RESULTS) / benchmark
+    folder = Path(out_dir or RESULTS) / benchmark
     folder.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"{stamp}-{_short_device(device)}-{sha[:8]}.json"

@@ -84,7 +84,6 @@ def main() -> None:
           "identical", flush=True)
     assert tokens_agree >= 0.9999 and sequences_agree >= 0.9, (tokens_agree, sequences_agree)
 
-    out_dir = Path(args.results_dir) if args.results_dir else None
     for steps in args.steps:
         repeats = 3 if steps <= 16 else 1
         fused_s, result = seconds(lambda: sample(steps, "triton"), repeats)
@@ -98,7 +97,7 @@ def main() -> None:
                   "steps": steps, "autocast": "bfloat16", "cached": recipe.sampling.cached}
         metrics = {"seconds_per_batch": fused_s, "baseline_seconds_per_batch": eager_s, "baseline": how,
                    "speedup": eager_s / fused_s, "nfe": result.nfe}
-        print(write_result("sampling_latency", RECIPE, config, metrics, out_dir=out_dir))
+        print(write_result("sampling_latency", RECIPE, config, metrics, out_dir=args.results_dir))
 
 
 def eager_step_seconds(sample, model: torch.nn.Module, steps: int, args) -> float:

@@ -58,7 +58,7 @@ def main() -> None:
                         {"rows": [{k: r[k] for k in keep} for r in rows],
                          "one_step_floor": float(recipe.data.vocab_size) ** -(recipe.data.seq_len - 1),
                          "pipeline_seconds": train_seconds, "wall_seconds": time.perf_counter() - start},
-                        out_dir=Path(args.results_dir) if args.results_dir else None)
+                        out_dir=args.results_dir)
     write_validity_plot(rows, path.with_suffix(".svg"),
                         f"synthetic task V={recipe.data.vocab_size}, L={recipe.data.seq_len}")
     print(f"wrote {path} and {path.with_suffix('.svg').name}")

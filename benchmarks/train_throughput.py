@@ -113,7 +113,7 @@ def main() -> None:
         metrics["profile_table"] = _profile(trainer, args.profile, dist.is_main, args.trace)
     if dist.is_main:
         path = write_result("train_throughput", args.recipe, config, metrics, world_size=dist.world_size,
-                            out_dir=Path(args.results_dir) if args.results_dir else None)
+                            out_dir=args.results_dir)
         print(f"{args.label or recipe.model.size}: {tokens_per_s:,.0f} tokens/s/GPU, mfu "
               f"{metrics['mfu'] if metrics['mfu'] is None else round(metrics['mfu'], 3)}, peak "
               f"{metrics['peak_mem_gib']} GiB, data wait {metrics['data_wait_share']:.4f}"
