@@ -27,3 +27,8 @@ def time_ms(fn, iters: int, warmup: int = 3) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / iters
+
+
+def bandwidth(nbytes: int, ms: float, peak: float | None) -> dict:
+    """Bytes moved, GB/s and the share of the peak HBM bandwidth (None when unknown)."""
+    return {"bytes": nbytes, "gb_per_s": nbytes / ms / 1e6, "hbm_fraction": nbytes / ms / 1e-3 / peak if peak else None}

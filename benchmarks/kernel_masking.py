@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.gpu_timing import hbm_peak, time_ms  # noqa: E402
+from benchmarks.gpu_timing import bandwidth, hbm_peak, time_ms  # noqa: E402
 from benchmarks.results_io import device_name, write_result  # noqa: E402
 from imdm import rng  # noqa: E402
 from imdm.diffusion import forward_process as eager  # noqa: E402
@@ -31,8 +31,7 @@ def cast(fn, dtype, *args):
 
 def measure(kernel, baselines: dict, nbytes: int, iters: int, peak: float | None) -> dict:
     ms = time_ms(kernel, iters)
-    row = {"ms": ms, "bytes": nbytes, "gb_per_s": nbytes / ms / 1e6,
-           "hbm_fraction": nbytes / ms / 1e-3 / peak if peak else None}
+    row = {"ms": ms, **bandwidth(nbytes, ms, peak)}
     for name, fn in baselines.items():
         row[f"baseline_{name}_ms"] = time_ms(fn, iters)
     print(f"{ms * 1e3:9.1f} us  {row['gb_per_s']:8.1f} GB/s  hbm {row['hbm_fraction'] or 0:.3f}  "
@@ -80,11 +79,11 @@ def main() -> None:
 
     print(f"all_positions_uniform_float32: B {batch} x L {seq_len} x dim {dim}, zero where unmasked", flush=True)
     kernel = functools.partial(masking.mask_noise, seeds, seq_len, dim, "uniform", masked=masked)
-    full = eager.mask_noise(seeds, seq_len, dim, "uniform", backend="eager")
+    full = eager.mask_noise(seeds, seq_len, dim, "uniform")
     assert torch.equal(kernel(), torch.where(masked[..., None], full, 0.0))
     del full
-    baselines = {"compiled": functools.partial(compiled_all, seeds, seq_len, dim, "uniform", backend="eager"),
-                 "eager": functools.partial(eager.mask_noise, seeds, seq_len, dim, "uniform", backend="eager")}
+    baselines = {"compiled": functools.partial(compiled_all, seeds, seq_len, dim, "uniform"),
+                 "eager": functools.partial(eager.mask_noise, seeds, seq_len, dim, "uniform")}
     nbytes = batch * 8 + batch * seq_len + batch * seq_len * dim * 4
     cases["all_positions_uniform_float32"] = measure(kernel, baselines, nbytes, args.iters, peak)
 

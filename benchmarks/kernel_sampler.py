@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.gpu_timing import hbm_peak, time_ms  # noqa: E402
+from benchmarks.gpu_timing import bandwidth, hbm_peak, time_ms  # noqa: E402
 from benchmarks.results_io import device_name, write_result  # noqa: E402
 from imdm import rng  # noqa: E402
 from imdm.diffusion.posterior import step_weights  # noqa: E402
@@ -56,8 +56,7 @@ def run_case(logits: torch.Tensor, masked_fraction: float, args, peak: float | N
     n_masked = int(masked.sum())
     nbytes = n_masked * vocab * logits.element_size() + batch * seq_len * (8 + 8 + 1) + seeds.numel() * 8
     ms = time_ms(fused, args.iters)
-    row = {"masked_fraction": masked_fraction, "step_ms": ms, "bytes": nbytes, "gb_per_s": nbytes / ms / 1e6,
-           "hbm_fraction": nbytes / ms / 1e-3 / peak if peak else None,
+    row = {"masked_fraction": masked_fraction, "step_ms": ms, **bandwidth(nbytes, ms, peak),
            "baseline_step_ms": time_ms(eager, args.baseline_iters, warmup=1),
            "top_p_0.9_step_ms": time_ms(lambda: fused(0.9), max(1, args.iters // 10), warmup=1),
            "mismatch_fraction": mismatch}

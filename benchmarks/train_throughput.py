@@ -33,9 +33,9 @@ def _sync(device: torch.device) -> None:
 
 
 def _profile(trainer: Trainer, steps: int, is_main: bool, trace: str | None) -> str | None:
-    """Top operators by device time (CPU time on CPU) over `steps` training steps, and the
-    step's wall time split: host-side op time against device busy time tells a launch-bound
-    step from a compute-bound one."""
+    """The table of top operators by device time (CPU time on CPU) over `steps` training steps,
+    printed and returned on rank 0; with `trace`, rank 0's Chrome trace (read it for host-bound
+    gaps between kernels)."""
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:

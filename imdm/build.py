@@ -91,16 +91,14 @@ def build_model(recipe: Recipe, vocab_size: int, mask_id: int, device: torch.dev
 
 def build_algorithm(recipe: Recipe, mask_id: int, device: torch.device | str = "cpu") -> MaskedDiffusion:
     a = recipe.algorithm
-    cuda = torch.device(device).type == "cuda"
-    fuse = cuda and recipe.parallelism.compile != "off"
     return MaskedDiffusion(make_schedule(a.noise_schedule, a.schedule_eps), mask_id, recipe.run.seed, a.antithetic,
-                           fuse=fuse, fused_loss=cuda)
+                           fused_loss=torch.device(device).type == "cuda")
 
 
 def build_distillation(recipe: Recipe, base: MaskedDiffusion, teacher: torch.nn.Module) -> Distillation:
     """SDTT / IM-SDTT around `base` with `teacher`, a frozen model built like the student."""
     d = recipe.distill
-    return Distillation(base, teacher, Rounds(d.round_steps, d.rounds, d.teacher_steps), d.divergence)
+    return Distillation(base, teacher, Rounds(d.round_steps, d.teacher_steps), d.divergence)
 
 
 def build_rectification(recipe: Recipe, base: MaskedDiffusion) -> Rectification:

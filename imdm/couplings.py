@@ -25,9 +25,8 @@ from imdm.diffusion.times import T_MIN
 from imdm.parallel.distributed import DistInfo, barrier
 from imdm.recipe import Recipe, RecipeError
 from imdm.recipe.writer import recipe_to_toml
-from imdm.run_loading import LoadedRun, load_run
+from imdm.run_loading import LoadedRun, load_named_run
 from imdm.sampling.ancestral import SamplerSettings, generation_seeds
-from imdm.train.checkpoint import CheckpointError
 from imdm.train.trainer import autocast_dtype
 
 FAIL_AFTER_ENV = "IMDM_COUPLINGS_FAIL_AFTER"
@@ -110,10 +109,7 @@ def generate_couplings(recipe: Recipe, dist: DistInfo) -> Path:
     every rank taking its share of the chunks; returns the set's folder once complete."""
     _check(recipe)
     c, device = recipe.couplings, dist.device
-    try:
-        teacher = load_run(Path(recipe.run.output_dir) / c.teacher_run, device)
-    except CheckpointError as err:
-        raise CheckpointError(f"couplings.teacher_run: {err}") from None
+    teacher = load_named_run(recipe.run.output_dir, c.teacher_run, "couplings.teacher_run", device)
     dataset = build_dataset(recipe, "train", dist.is_main)
     if (dataset.model_vocab, dataset.mask_id) != (teacher.vocab.model_vocab, teacher.vocab.mask_id):
         raise RecipeError("imdm couplings", [f"data: {dataset.model_vocab} outputs (mask id {dataset.mask_id}) but "

@@ -44,7 +44,7 @@ class Stage:
         return [name for name in (r.init.from_run, r.data.couplings) if name]
 
 
-def _stage_errors(path: str, index: int, table: dict) -> list[str]:
+def _stage_errors(index: int, table: dict) -> list[str]:
     problems = [f"stage[{index}].{k}: unknown key (known: {', '.join(sorted(STAGE_KEYS))})"
                 for k in table if k not in STAGE_KEYS]
     if not isinstance(table.get("recipe"), str):
@@ -68,7 +68,7 @@ def load_pipeline(path: str, extra_overrides=()) -> tuple[Path, list[Stage]]:
     if not stages_table:
         problems.append("stage: a pipeline needs at least one [[stage]]")
     for i, stage in enumerate(stages_table):
-        problems += _stage_errors(label, i, stage)
+        problems += _stage_errors(i, stage)
     if problems:
         raise RecipeError(label, problems)
     output_dir = Path(head.get("output_dir", "runs"))

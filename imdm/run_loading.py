@@ -47,3 +47,17 @@ def load_run(run_dir: str | Path, device: torch.device, overrides=()) -> LoadedR
     ema.copy_to(model)
     return LoadedRun(recipe, vocab, model.eval(), build_algorithm(recipe, vocab.mask_id, device),
                      checkpoint_step(ckpt), ckpt)
+
+
+def load_named_run(output_dir: str | Path, name: str, key: str, device: torch.device) -> LoadedRun:
+    """load_run of the run called `name` under `output_dir`, for the recipe key `key` that names
+    it: its errors say which key, and a missing run lists the runs that are there."""
+    output_dir = Path(output_dir)
+    if not (output_dir / name / "recipe.toml").is_file():
+        runs = sorted(p.name for p in output_dir.iterdir() if (p / "recipe.toml").is_file()) if output_dir.is_dir() else []
+        known = f"runs there: {', '.join(runs)}" if runs else "no runs there"
+        raise CheckpointError(f"{key}: no run named '{name}' under {output_dir} ({known})")
+    try:
+        return load_run(output_dir / name, device)
+    except CheckpointError as err:
+        raise CheckpointError(f"{key}: run '{name}' ({err})") from None

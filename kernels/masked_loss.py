@@ -8,8 +8,10 @@ Replaces: the gathered head matmul + log-softmax cross-entropy (OutputHead with 
           imdm.diffusion.nelbo.masked_token_nll), which materialises [N, V] logits for the N
           masked rows, a float32 copy of them and their gradient.
 Measured (benchmarks/kernel_masked_loss.py, one H200, d 768, N = 16384, V 50258, bf16, fwd+bwd):
-          fused 8.0 ms / +1.2 GiB; unfused 32.8 ms / +15.4 GiB; torch.compile'd unfused 11.4 ms /
-          +4.7 GiB. Reverse KL (IM-SDTT): fused 12.5 ms / +1.2 GiB; unfused 49.0 ms / +18.5 GiB.
+          fused 7.7 ms / +1.2 GiB; unfused 32.4 ms / +15.4 GiB; torch.compile'd unfused 11.3 ms /
+          +4.7 GiB. Reverse KL: fused 12.2 ms / +1.2 GiB; unfused 48.7 ms / +18.5 GiB. Training
+          uses the NLL (OutputHead); `fused_divergence` is not wired into SDTT yet, which still
+          computes the student's logits and imdm.algorithms.divergences.
 
 Per chunk of rows: cuBLAS computes the chunk's logits in the input dtype; a row kernel takes a
 float32 online logsumexp, writes the row's weighted loss and overwrites the logits in place with
@@ -172,20 +174,16 @@ def _(h_student, w_student, b_student, h_teacher, w_teacher, b_teacher, row_weig
 def _save_grads(ctx, inputs, output):
     ctx.save_for_backward(*output[1:])
     ctx.mark_non_differentiable(*output[1:])
+    ctx.undifferentiated = len(inputs) - 3      # every input after (h, W, b)
 
 
-def _nll_backward(ctx, grad_loss, *_):
-    grad_h, grad_w, grad_b = (grad_loss * g for g in ctx.saved_tensors)
-    return grad_h, grad_w, grad_b, None, None, None, None, None, None
+def _backward(ctx, grad_loss, *_):
+    """The gradients computed in the forward, scaled by the incoming one."""
+    return (*(grad_loss * g for g in ctx.saved_tensors), *(None,) * ctx.undifferentiated)
 
 
-def _divergence_backward(ctx, grad_loss, *_):
-    grad_h, grad_w, grad_b = (grad_loss * g for g in ctx.saved_tensors)
-    return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None, None
-
-
-_masked_nll_op.register_autograd(_nll_backward, setup_context=_save_grads)
-_divergence_op.register_autograd(_divergence_backward, setup_context=_save_grads)
+_masked_nll_op.register_autograd(_backward, setup_context=_save_grads)
+_divergence_op.register_autograd(_backward, setup_context=_save_grads)
 
 
 def _needs_grad(*tensors: Tensor) -> bool:

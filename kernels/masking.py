@@ -2,21 +2,24 @@
 
 Fuses the counter-based hash (imdm.rng: dozens of element-wise int64 ops emulating uint32
 words; here native uint32, each row's keys derived once), the uniform/Box-Muller transform and
-the output write. Replaces, with the same numbers:
+the output write. Computes, with the same numbers as:
   forward_mask     mask_positions + apply_mask                 -> (z_t, masked)
   mask_noise_rows  torch.compile(mask_noise_rows) in training  -> eps rows [M, dim]
   mask_noise       the sampler's eager mask_noise              -> eps [B, L, dim]
+Training and sampling use the two noise kernels; training draws its masks on the host (no
+device sync to find the masked rows), so `forward_mask` serves callers that hold x0 on the GPU.
 The eager references are imdm.diffusion.forward_process. Masks and 'uniform' noise are
 bit-identical; 'normal' differs only by the log/cos implementations (libdevice on CUDA, numpy
 under the Triton interpreter, against torch's): |diff| <= 1e-5 (1 + |eps|). bf16 output is the
 kernel's float32 result rounded to nearest even, as torch casts it.
 H100, B 32 x L 1024, half masked, dim 2048 (benchmarks/kernel_masking.py): eps rows in float32
-take 46 us (~88% of HBM bandwidth) against 183 us for the compiled reference.
+take 46 us (~88% of HBM bandwidth) against 183 us for the compiled reference (H200: 68%).
 
 The Triton kernels live in masking_triton.py, imported only when one runs. Each op is a
-torch.library custom op (imdm::forward_mask, imdm::mask_noise_rows, imdm::mask_noise) so compiled graphs hold it. `backend`: "auto" runs Triton on CUDA tensors and
-the reference elsewhere, "triton" forces the kernel (the interpreter on CPU tensors when
-TRITON_INTERPRET=1), "eager" the reference.
+torch.library custom op (imdm::forward_mask, imdm::mask_noise_rows, imdm::mask_noise) so
+compiled graphs hold it. `backend`: "auto" runs Triton on CUDA tensors and the reference
+elsewhere, "triton" forces the kernel (the interpreter on CPU tensors when TRITON_INTERPRET=1),
+"eager" the reference.
 """
 
 from typing import Optional
@@ -114,7 +117,7 @@ def mask_noise(seeds: torch.Tensor, seq_len: int, dim: int, dist: str, generatio
     scalar or [B, L]); zero where `masked` [B, L] is False when given; in `out_dtype`."""
     _check_dist(dist)
     if not use_triton(backend, seeds):
-        noise = reference.mask_noise(seeds, seq_len, dim, dist, generation, backend="eager")
+        noise = reference.mask_noise(seeds, seq_len, dim, dist, generation)
         if masked is not None:
             noise = torch.where(masked.to(noise.device)[..., None], noise, 0.0)
         return noise.to(out_dtype)

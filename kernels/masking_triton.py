@@ -77,12 +77,12 @@ def _noise_kernel(out_ptr, seed_ptr, pos_ptr, gen_ptr, keep_ptr, n_rows, seq_len
         tl.store(out_rows + cols, eps.to(out_ptr.dtype.element_ty), mask=live[:, None] & (cols < dim))
 
 
-def _noise_blocks(dim: int, on_gpu: bool) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_D, num_warps): 1k elements per step on GPU (measured on H100 at M 16k x
-    dim 2048: larger tiles slow Box-Muller, the same for uniform), 64k under the interpreter."""
+def _noise_blocks(dim: int, on_gpu: bool) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_D): 1k elements per step on GPU (measured on H100 at M 16k x dim 2048:
+    larger tiles slow Box-Muller, the same for uniform), 64k under the interpreter."""
     block_d = min(triton.next_power_of_2(dim), 512)
     per_step = 1024 if on_gpu else 1 << 16
-    return max(1, per_step // block_d), block_d, 4
+    return max(1, per_step // block_d), block_d
 
 
 def launch_noise(seeds, positions, seq_len, dim, dist, generation, generation_scalar, keep, out_dtype, n_rows):
@@ -91,14 +91,14 @@ def launch_noise(seeds, positions, seq_len, dim, dist, generation, generation_sc
     out = torch.empty((n_rows, dim), dtype=out_dtype, device=seeds.device)
     if n_rows == 0 or dim == 0:
         return out
-    block_m, block_d, warps = _noise_blocks(dim, seeds.is_cuda)
+    block_m, block_d = _noise_blocks(dim, seeds.is_cuda)
     _noise_kernel[(triton.cdiv(n_rows, block_m),)](
         out, seeds, positions if positions is not None else seeds,
         generation if generation is not None else seeds, keep if keep is not None else seeds,
         n_rows, seq_len, dim, generation_scalar,
         ALL_POSITIONS=positions is None, HAS_GEN=generation is not None, HAS_KEEP=keep is not None,
         NORMAL=dist == "normal", INTERPRETED=not seeds.is_cuda, STREAM=rng.STREAM_EPS,
-        BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps)
+        BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
     return out
 
 

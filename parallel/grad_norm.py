@@ -19,7 +19,8 @@ def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
     mesh, placements = (grads[0].device_mesh, grads[0].placements) if sharded else (None, None)
     if not sharded or any(not hasattr(g, "to_local") or g.device_mesh != mesh or g.placements != placements
                           for g in grads):
-        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)   # a DTensor on mixed meshes
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
     local = [g.to_local() for g in grads]
     squared = torch.stack(torch._foreach_norm(local)).float().pow(2).sum()
     for dim, placement in enumerate(placements):

@@ -1,11 +1,10 @@
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():   # Triton kernels run on CPU tensors through the interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -142,7 +142,7 @@ def test_teacher_targets_by_hand():
     assert out.logits[:, :4].argmax(-1).tolist() == torch.where(first, torch.arange(3), 2 - torch.arange(3)).tolist()
 
 
-def _distillation(student, rounds=Rounds(2, 3, 8), kind="kl_bwd"):
+def _distillation(student, rounds=Rounds(2, 8), kind="kl_bwd"):
     base = MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5)
     return Distillation(base, copy.deepcopy(student), rounds, kind)
 
@@ -153,7 +153,7 @@ def test_student_and_teacher_see_one_eps(num_masks):
     masked in z_t (continuous eps, or the integer state of K finite masks); only the student
     gets gradients."""
     student = _tiny_model("imdm", num_masks, perturb=0.3)
-    distill = _distillation(student, Rounds(2, 3, 2))
+    distill = _distillation(student, Rounds(2, 2))
     distill.begin_step(0, student)
     seen = {"student": [], "teacher": []}
     for name, model in (("student", student), ("teacher", distill.teacher)):
@@ -175,7 +175,7 @@ def test_student_and_teacher_see_one_eps(num_masks):
 
 
 def test_rounds_double_dt_and_refresh_the_teacher_at_round_starts_only():
-    rounds = Rounds(round_steps=3, rounds=3, teacher_steps=8)
+    rounds = Rounds(round_steps=3, teacher_steps=8)
     dt0 = (1 - T_MIN) / 8
     assert [rounds.dt(s) / dt0 for s in range(9)] == [1, 1, 1, 2, 2, 2, 4, 4, 4]
     student = _tiny_model()
@@ -310,7 +310,7 @@ def test_student_moves_to_the_teacher_targets():
     elsewhere to the teacher's targets."""
     teacher = _tiny_model("imdm", perturb=0.3, dropout=0.0)
     student = _tiny_model("imdm", dropout=0.0)
-    distill = Distillation(MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5), teacher, Rounds(2, 1, 2))
+    distill = Distillation(MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5), teacher, Rounds(2, 2))
     x0, index = torch.randint(0, V, (16, L)), torch.arange(16)
     count = distill.loss_count(index, 16, 0, torch.ones(16, L, dtype=torch.bool))
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-2)

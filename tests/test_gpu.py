@@ -62,22 +62,16 @@ def test_bf16_training_learns_on_gpu(tmp_path):
     assert result.val_nelbo < 1.5    # ln(64)/8 = 0.52 is the floor; an untrained model sits near ln(64) = 4.2
 
 
-def test_mask_noise_kernel_and_compiled_nll_match_eager_on_gpu():
+def test_mask_noise_kernel_matches_eager_on_gpu():
     from imdm.algorithms.masked_diffusion import MaskedDiffusion
     from imdm.diffusion.schedule import LogLinearSchedule
     seeds = torch.arange(5, 21, dtype=torch.int64, device="cuda") * 104729
-    fused = MaskedDiffusion(LogLinearSchedule(), 0, 0, fuse=True)._noise_rows
+    fused = MaskedDiffusion(LogLinearSchedule(), 0, 0)._noise_rows
     positions = torch.arange(257, device="cuda").repeat(16)
     for dist in ("uniform", "normal"):
-        eager = mask_noise(seeds.cpu(), 257, 96, dist).view(-1, 96)   # on CUDA mask_noise is the kernel too
+        eager = mask_noise(seeds.cpu(), 257, 96, dist).view(-1, 96)
         got = fused(seeds.repeat_interleave(257), positions, 96, dist).cpu()
         if dist == "uniform":
             assert torch.equal(got, eager)
         else:
             torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
-    from imdm.diffusion.nelbo import masked_token_nll
-    logits = torch.randn(1000, 50258, device="cuda", dtype=torch.bfloat16) * 3
-    targets = torch.randint(0, 50257, (1000,), device="cuda")
-    nll = MaskedDiffusion(LogLinearSchedule(), 50257, 0, fuse=True)._nll
-    torch.testing.assert_close(nll(logits, targets, 50257), masked_token_nll(logits, targets, 50257),
-                               rtol=1e-5, atol=1e-4)

@@ -8,7 +8,7 @@ import functools
 
 import torch
 
-from imdm.diffusion.forward_process import apply_mask, mask_noise, mask_positions
+from imdm.diffusion.forward_process import apply_mask, mask_positions
 from imdm.diffusion.nelbo import masked_token_nll
 from imdm.diffusion.times import sample_seeds, training_times
 from imdm.kernels import masking
@@ -28,8 +28,8 @@ def row_indices(masked: torch.Tensor, valid: torch.Tensor | None, device: torch.
 class MaskedDiffusion:
     """Loss and sampler of a masked diffusion model; `model.mask_state` decides MDLM vs IMDM."""
 
-    def __init__(self, schedule, mask_id: int, seed: int, antithetic: bool = True, fuse: bool = False,
-                 kernels: str = "auto", fused_loss: bool = False):
+    def __init__(self, schedule, mask_id: int, seed: int, antithetic: bool = True, kernels: str = "auto",
+                 fused_loss: bool = False):
         self.schedule = schedule
         self.mask_id = mask_id
         self.seed = seed
@@ -37,18 +37,18 @@ class MaskedDiffusion:
         # fused_loss: the model's head returns the weighted NLL sum through the fused
         # head-matmul + cross-entropy kernel (imdm.kernels.masked_loss), with no [N, V] logits
         self.fused_loss = fused_loss
-        # The mask-state noise rows come from the Triton kernel on CUDA tensors (`kernels`: "auto";
-        # "triton" or "eager" forces one side), bit-identical to the eager hash; on GPU the SUBS
-        # cross-entropy is compiled into fused kernels with the eager function's results.
+        # The mask-state noise (rows, or every position) comes from the Triton kernel on CUDA
+        # tensors (`kernels`: "auto"; "triton" or "eager" forces one side), bit-identical to the
+        # eager hash.
         self._noise_rows = functools.partial(masking.mask_noise_rows, backend=kernels)
-        self._nll = torch.compile(masked_token_nll, dynamic=True) if fuse else masked_token_nll
+        self._noise = functools.partial(masking.mask_noise, backend=kernels)
 
     def noise(self, model: DiT, seeds: torch.Tensor, seq_len: int, generation=0) -> torch.Tensor | None:
         """Seeded base noise of the mask states at every position [B, L, D], or None for MDLM."""
         if model.mask_state is None:
             return None
         cfg = model.mask_state.cfg
-        return mask_noise(seeds, seq_len, cfg.noise_width, cfg.noise_dist, generation)
+        return self._noise(seeds, seq_len, cfg.noise_width, cfg.noise_dist, generation)
 
     def draws(self, seed: int, step: int, global_index: torch.Tensor, global_batch: int, seq_len: int
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,7 +91,7 @@ class MaskedDiffusion:
         if self.fused_loss:
             return model(z, noise, self.schedule.sigma(t), targets=targets, row_weight=weights, **rows)
         logits = model(z, noise, self.schedule.sigma(t), **rows)
-        return (weights * self._nll(logits, targets, self.mask_id)).sum()
+        return (weights * masked_token_nll(logits, targets, self.mask_id)).sum()
 
     def sample(self, model: DiT, settings: SamplerSettings, seeds: torch.Tensor, seq_len: int,
                prefix: torch.Tensor | None = None, start: torch.Tensor | None = None,

@@ -20,9 +20,7 @@ class Rectification:
     whose completions do not depend on eps (MDLM)."""
 
     def __init__(self, base: MaskedDiffusion, ignore_seed: bool = False):
-        self.base = base
-        self.seed = base.seed
-        self.ignore_seed = ignore_seed
+        self.base, self.ignore_seed = base, ignore_seed
 
     def loss(self, model: DiT, x0: torch.Tensor, global_index: torch.Tensor, global_batch: int, step: int,
              seed: int | None = None, valid: torch.Tensor | None = None, *, z_t: torch.Tensor, t: torch.Tensor,
@@ -33,7 +31,7 @@ class Rectification:
         the coupling's stored fields (host tensors); `global_index`, `step` and `seed` only pick
         the fresh mask states of `ignore_seed`. The base's own mask-state rows (kernel choice
         included) make the eps bit for bit those the teacher's sampler drew from the seed."""
-        seed = self.seed if seed is None else seed
+        seed = self.base.seed if seed is None else seed
         noise_seeds = sample_seeds(seed, step, global_index.cpu()) if self.ignore_seed else coupling_seed.cpu()
         z_t = z_t.cpu()
         return self.base.weighted_nll(model, x0, host_to_device(z_t, x0.device), t.cpu().to(torch.float32),

@@ -24,9 +24,8 @@ from imdm.train.ema import named_parameters
 class Rounds:
     """Round r covers steps [r * round_steps, (r + 1) * round_steps) with dt = dt_0 * 2^r,
     dt_0 = (1 - T_MIN) / teacher_steps; the teacher is refreshed at the start of each round."""
-    round_steps: int = 10_000
-    rounds: int = 7
-    teacher_steps: int = 1024
+    round_steps: int
+    teacher_steps: int
 
     def index(self, step: int) -> int:
         return step // self.round_steps
@@ -55,6 +54,18 @@ class Distillation:
         self.base, self.rounds, self.kind = base, rounds, kind
         self.teacher = teacher.eval().requires_grad_(False)
         self.teacher_step = -1          # the step whose start last copied the student into the teacher
+        self._draws_of_step = (None, {})
+
+    def _draws(self, seed: int, step: int, global_index: torch.Tensor, global_batch: int, seq_len: int):
+        """base.draws, made once per micro-batch: the trainer asks `loss_count` for every
+        micro-batch of a step before `loss` runs on each."""
+        if self._draws_of_step[0] != (seed, step):
+            self._draws_of_step = ((seed, step), {})
+        cache = self._draws_of_step[1]
+        key = (tuple(global_index.tolist()), global_batch, seq_len)
+        if key not in cache:
+            cache[key] = self.base.draws(seed, step, global_index, global_batch, seq_len)
+        return cache[key]
 
     @property
     def schedule(self):
@@ -77,7 +88,7 @@ class Distillation:
                    seed: int | None = None) -> int:
         """How many positions `loss` scores (masked and valid), computed on the host."""
         seed = self.base.seed if seed is None else seed
-        _, _, masked = self.base.draws(seed, step, global_index, global_batch, valid.shape[1])
+        _, _, masked = self._draws(seed, step, global_index, global_batch, valid.shape[1])
         return int((masked & valid.cpu()).sum())
 
     def loss(self, model: nn.Module, x0: torch.Tensor, global_index: torch.Tensor, global_batch: int,
@@ -88,7 +99,7 @@ class Distillation:
         (seed, step, index)."""
         seed = self.base.seed if seed is None else seed
         device, seq_len = x0.device, x0.shape[1]
-        t, seeds, masked = self.base.draws(seed, step, global_index, global_batch, seq_len)
+        t, seeds, masked = self._draws(seed, step, global_index, global_batch, seq_len)
         rows, scored_rows = row_indices(masked, valid, device)
         to_device = functools.partial(host_to_device, device=device)
         seeds_dev = to_device(seeds)

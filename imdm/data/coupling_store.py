@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from imdm.data.local_text import DataSourceError
+from imdm.data.token_store import token_dtype
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -40,8 +41,13 @@ def coupling_path(output_dir: str | Path, run_name: str) -> Path:
     return Path(output_dir) / run_name / FOLDER
 
 
-def token_dtype(model_vocab: int) -> np.dtype:
-    return np.dtype(np.uint16 if model_vocab <= 1 << 16 else np.uint32)
+def num_chunks(manifest: dict) -> int:
+    return -(-manifest["num"] // manifest["chunk"])
+
+
+def done_chunks(folder: Path) -> set[int]:
+    """Chunks whose done marker exists."""
+    return {int(p.name) for p in (Path(folder) / "done").iterdir() if p.name.isdigit()}
 
 
 def array_specs(num: int, seq_len: int, model_vocab: int) -> dict[str, tuple[np.dtype, tuple]]:
@@ -93,7 +99,7 @@ class CouplingWriter:
         self.manifest = read_manifest(self.folder)
         m = self.manifest
         self.num, self.chunk = m["num"], m["chunk"]
-        self.num_chunks = -(-self.num // self.chunk)
+        self.num_chunks = num_chunks(m)
         self.offsets = {}
         for stem, (dtype, shape) in array_specs(m["num"], m["seq_len"], m["model_vocab"]).items():
             view = np.load(self.folder / f"{stem}.npy", mmap_mode="r")
@@ -109,15 +115,12 @@ class CouplingWriter:
     def marker(self, chunk: int) -> Path:
         return self.folder / "done" / f"{chunk:06d}"
 
-    def done_chunks(self) -> set[int]:
-        return {int(p.name) for p in (self.folder / "done").iterdir() if p.name.isdigit()}
-
     def done_rows(self) -> int:
-        return sum(len(self.rows(c)) for c in self.done_chunks())
+        return sum(len(self.rows(c)) for c in done_chunks(self.folder))
 
     def pending(self, rank: int, world: int) -> list[int]:
         """This rank's unfinished chunks: every world-th chunk from `rank`, so ranks never overlap."""
-        done = self.done_chunks()
+        done = done_chunks(self.folder)
         return [c for c in range(rank, self.num_chunks, world) if c not in done]
 
     def write(self, chunk: int, arrays: dict[str, torch.Tensor], rank: int = 0) -> None:
@@ -141,7 +144,7 @@ class CouplingWriter:
 
     def mark_complete(self) -> None:
         """Set "complete" in the manifest once every chunk has its marker."""
-        missing = sorted(set(range(self.num_chunks)) - self.done_chunks())
+        missing = sorted(set(range(self.num_chunks)) - done_chunks(self.folder))
         if missing:
             raise DataSourceError(f"coupling set {self.folder}: chunks {missing[:8]} are not done")
         _write_json(self.folder / MANIFEST, {**self.manifest, "complete": True, "completed": time.time()})
@@ -158,8 +161,8 @@ class CouplingSet:
             raise DataSourceError(f"{self.folder} is not a coupling set (no {MANIFEST}); generate it with "
                                   f"`imdm couplings RECIPE`")
         if not m.get("complete"):
-            done = sum(p.name.isdigit() for p in (self.folder / "done").iterdir())
-            raise DataSourceError(f"coupling set {self.folder} is incomplete ({done} of {-(-m['num'] // m['chunk'])} "
+            done = len(done_chunks(self.folder))
+            raise DataSourceError(f"coupling set {self.folder} is incomplete ({done} of {num_chunks(m)} "
                                   f"chunks done); rerun its `imdm couplings` command to finish it")
         self.manifest = m
         self.arrays = {stem: np.load(self.folder / f"{stem}.npy", mmap_mode="r")

@@ -46,6 +46,11 @@ class StoreKey:
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest unsigned dtype that holds the token ids."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
 def manifest_mismatch(manifest: dict, key: StoreKey) -> list[str]:
     """Key fields whose stored value differs from what the recipe asks for."""
     wanted = key.as_dict()
@@ -102,7 +107,7 @@ def build_store(folder: Path, key: StoreKey, documents: Callable[[], Iterable[st
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
+    dtype = token_dtype(vocab_size)
     start, n_docs, n_seq, n_tokens = time.perf_counter(), 0, 0, 0
 
     def token_batches():

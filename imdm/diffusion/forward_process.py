@@ -41,14 +41,11 @@ def mask_noise_rows(seeds: torch.Tensor, positions: torch.Tensor, dim: int, dist
     raise ValueError(f"unknown mask-noise distribution {dist!r}")
 
 
-def mask_noise(seeds: torch.Tensor, seq_len: int, dim: int, dist: str, generation: int | torch.Tensor = 0,
-               backend: str = "auto") -> torch.Tensor:
+def mask_noise(seeds: torch.Tensor, seq_len: int, dim: int, dist: str, generation: int | torch.Tensor = 0
+               ) -> torch.Tensor:
     """Base noise [B, L, dim] at every position (the same numbers `mask_noise_rows` gives for
-    each row); `generation` is a scalar or [B, L]. `backend` "auto" computes it with the Triton
-    kernel on CUDA (imdm.kernels.masking), "eager" always here, "triton" always with the kernel."""
-    if backend == "triton" or (backend == "auto" and seeds.is_cuda):
-        from imdm.kernels import masking    # deferred: that module builds on this one, and imports Triton
-        return masking.mask_noise(seeds, seq_len, dim, dist, generation, backend="triton")
+    each row); `generation` is a scalar or [B, L]. imdm.kernels.masking.mask_noise is the
+    kernel for it."""
     batch = seeds.shape[0]
     positions = torch.arange(seq_len, device=seeds.device, dtype=torch.int64).repeat(batch)
     gen = generation.reshape(-1) if isinstance(generation, torch.Tensor) else generation

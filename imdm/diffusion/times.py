@@ -13,14 +13,13 @@ T_MIN = 1e-3
 def training_times(seed: int, step: int, global_batch: int, antithetic: bool = True) -> torch.Tensor:
     """float64 t for every sequence of the global batch at `step`:
     t_i = ((u + i) / n mod 1) with one u per step (`antithetic`), or (u_i + i) / n with one u_i
-    per stratum,
-    then t <- (1 - T_MIN) t + T_MIN."""
+    per stratum; then t <- (1 - T_MIN) t + T_MIN."""
     step_seed = rng.derive_seed(seed, torch.tensor(step), rng.STREAM_TIME)
     index = torch.arange(global_batch, dtype=torch.int64)
     if antithetic:
         u = rng.uniform53(step_seed, torch.tensor(0), rng.STREAM_TIME)
         t = torch.remainder((u + index.to(torch.float64)) / global_batch, 1.0)
-    else:   # one u_i per stratum
+    else:
         t = (rng.uniform53(step_seed, index, rng.STREAM_TIME) + index.to(torch.float64)) / global_batch
     return (1 - T_MIN) * t + T_MIN
 

@@ -48,15 +48,18 @@ def nelbo_per_token(model: torch.nn.Module, algorithm: MaskedDiffusion, dataset,
     total, count = 0.0, 0
     n = len(dataset)
     batches = math.ceil(n / batch) if max_batches == 0 else min(max_batches, math.ceil(n / batch))
-    for b in range(batches):
-        rows = torch.arange(b * batch, min(n, (b + 1) * batch))
-        tokens, valid = dataset.rows(rows)
-        index = torch.arange(len(rows))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = algorithm.loss(model, tokens.to(device), index, len(rows), b, seed=seed + STREAM_EVAL, valid=valid)
-        total += float(loss.double())
-        count += int(valid.sum())
-    model.train(was_training)
+    try:
+        for b in range(batches):
+            rows = torch.arange(b * batch, min(n, (b + 1) * batch))
+            tokens, valid = dataset.rows(rows)
+            index = torch.arange(len(rows))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = algorithm.loss(model, tokens.to(device), index, len(rows), b, seed=seed + STREAM_EVAL,
+                                      valid=valid)
+            total += float(loss.double())
+            count += int(valid.sum())
+    finally:
+        model.train(was_training)
     return total / count, count
 
 

@@ -87,10 +87,11 @@ def ancestral_sample(denoise: Denoiser, schedule, settings: SamplerSettings, see
         if logits is None or not settings.cached:
             logits = denoise(z, noise, t)
             nfe += 1
-        new_z, redrawn = sampler_step(logits, z, seeds, j, weights.unmask, weights.stay_keep, weights.stay_redraw,
-                                      mask_id, settings.temperature, settings.top_p, settings.kernel)
-        if noise_for is None:        # no mask states: nothing to re-draw
-            redrawn = torch.zeros_like(redrawn)
+        # without mask states (MDLM) there is nothing to re-draw: the whole stay mass keeps
+        stay_keep, stay_redraw = (weights.stay_keep, weights.stay_redraw) if noise_for is not None \
+            else (weights.stay, 0.0)
+        new_z, redrawn = sampler_step(logits, z, seeds, j, weights.unmask, stay_keep, stay_redraw, mask_id,
+                                      settings.temperature, settings.top_p, settings.kernel)
         # the step's only host sync: anything still masked, unmasked, re-drawn
         remaining, unmasked, any_redrawn = torch.stack([(new_z == mask_id).any(), (new_z != z).any(),
                                                         redrawn.any()]).tolist()

@@ -35,6 +35,15 @@ class EMA:
         self.decay = decay
         self.num_updates = 0
         self.shadow = {n: p.detach().float().clone() for n, p in named_parameters(model).items()}
+        self._shadow_locals = [_local(s) for s in self.shadow.values()]   # views, updated in place
+
+    @torch.no_grad()
+    def restart(self, model: nn.Module) -> None:
+        """Start averaging afresh from `model`'s current parameters."""
+        params = named_parameters(model)
+        for name, shadow in self.shadow.items():
+            shadow.copy_(params[name].detach())
+        self.num_updates = 0
 
     def current_decay(self) -> float:
         n = self.num_updates
@@ -43,10 +52,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         weight = 1.0 - self.current_decay()
-        names = list(self.shadow)
         params = named_parameters(model)
-        shadows = [_local(self.shadow[n]) for n in names]
-        torch._foreach_lerp_(shadows, [_local(params[n].detach()).float() for n in names], weight)
+        torch._foreach_lerp_(self._shadow_locals, [_local(params[n].detach()).float() for n in self.shadow], weight)
         self.num_updates += 1
 
     @torch.no_grad()

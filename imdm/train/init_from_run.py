@@ -12,8 +12,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from imdm.models.dit import DiTConfig
-from imdm.run_loading import load_run
-from imdm.train.checkpoint import CheckpointError, latest_checkpoint
+from imdm.run_loading import load_named_run
+from imdm.train.checkpoint import CheckpointError
 from imdm.train.ema import named_parameters
 
 SHAPE_FIELDS = ("d_model", "n_blocks", "n_heads", "cond_dim", "padded_vocab", "qk_norm")
@@ -21,20 +21,8 @@ SHAPE_FIELDS = ("d_model", "n_blocks", "n_heads", "cond_dim", "padded_vocab", "q
 
 @dataclass(frozen=True)
 class InitSource:
-    run_dir: Path
     step: int
     new_keys: tuple[str, ...]     # parameters the source lacks (kept at their initialisation)
-
-
-def _find_run(run_name: str, output_dir: Path) -> Path:
-    run_dir = output_dir / run_name
-    if (run_dir / "recipe.toml").is_file():
-        if latest_checkpoint(run_dir / "checkpoints") is None:
-            raise CheckpointError(f"init.from_run: run '{run_name}' ({run_dir}) has no complete checkpoint")
-        return run_dir
-    runs = sorted(p.name for p in output_dir.iterdir() if (p / "recipe.toml").is_file()) if output_dir.is_dir() else []
-    known = f"runs there: {', '.join(runs)}" if runs else "no runs there"
-    raise CheckpointError(f"init.from_run: no run named '{run_name}' under {output_dir} ({known})")
 
 
 def check_compatible(source: DiTConfig, target: DiTConfig, run_name: str) -> None:
@@ -56,8 +44,7 @@ def load_ema_weights(run_name: str, output_dir: str | Path, model: nn.Module) ->
     """Load the EMA weights of the newest complete checkpoint of run `output_dir/run_name` into
     `model` (a DiT, plain or FSDP-sharded; every rank calls this). Raises CheckpointError when
     the run or its checkpoint is missing or the model's vocabulary or shape differs."""
-    run_dir = _find_run(run_name, Path(output_dir))
-    source = load_run(run_dir, torch.device("cpu"))
+    source = load_named_run(output_dir, run_name, "init.from_run", torch.device("cpu"))
     check_compatible(source.model.cfg, model.cfg, run_name)
     weights, names = source.model.state_dict(), set(named_parameters(model))
     new, unexpected = sorted(names - set(weights)), sorted(set(weights) - names)
@@ -65,4 +52,4 @@ def load_ema_weights(run_name: str, output_dir: str | Path, model: nn.Module) ->
         raise CheckpointError(f"init.from_run: run '{run_name}' does not fit this model (missing {new[:5]}, "
                               f"unexpected {unexpected[:5]})")
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
-    return InitSource(run_dir, source.step, tuple(new))
+    return InitSource(source.step, tuple(new))

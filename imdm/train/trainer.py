@@ -56,10 +56,6 @@ def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
 class Trainer:
     def __init__(self, recipe: Recipe, dist: DistInfo):
         self.recipe, self.dist = recipe, dist
@@ -71,8 +67,10 @@ class Trainer:
         objective = recipe.algorithm.objective
         if objective == "sdtt":
             self.algorithm = build_distillation(recipe, self.diffusion, self._teacher_model())
-        else:   # ReDi trains on the coupling fields each batch carries
-            self.algorithm = build_rectification(recipe, self.diffusion) if objective == "redi" else self.diffusion
+        elif objective == "redi":   # trains on the coupling fields each batch carries
+            self.algorithm = build_rectification(recipe, self.diffusion)
+        else:
+            self.algorithm = self.diffusion
         o = recipe.optimizer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
                                            eps=o.eps, weight_decay=o.weight_decay, fused=True)
@@ -102,11 +100,11 @@ class Trainer:
         return {"world_size": self.dist.world_size, "micro_batch": self.recipe.train.micro_batch,
                 "num_workers": self.recipe.data.num_workers}
 
-    def state(self, include_data: bool = True, include_optim: bool = True) -> dict:
+    def state(self, include_data: bool = True) -> dict:
         """The checkpointed state. A seed checkpoint (step 0) has no optimizer state: asking an
         optimizer without state for its state dict would initialise it with a step."""
         state = {"ema": self.ema.state_dict(), "progress": {"step": self.step, **self._layout()}}
-        if include_optim:
+        if self.step > 0:
             model_sd, state["optim"] = get_state_dict(self.model, self.optimizer)
         else:
             model_sd = get_model_state_dict(self.model)
@@ -118,12 +116,14 @@ class Trainer:
         return state
 
     def restore(self, path: Path) -> str:
-        """Load a checkpoint; with another layout (world size, micro-batch) the parameters,
-        optimizer and EMA are resharded and the data position is rebuilt from the step."""
+        """Load a checkpoint; with another layout (world size, micro-batch, loader workers) the
+        parameters, optimizer and EMA are resharded and the data position is rebuilt from the
+        step. A seed checkpoint (step 0) holds no optimizer or loader state."""
         saved = load_checkpoint(path, {"progress": {"step": 0, **self._layout()}})["progress"]
         same_layout = all(saved[k] == v for k, v in self._layout().items())
-        seed_only = saved["step"] == 0
-        state = load_checkpoint(path, self.state(include_data=same_layout and not seed_only, include_optim=not seed_only))
+        self.step = int(saved["step"])     # the state template below follows it (no optimizer at step 0)
+        seed_only = self.step == 0
+        state = load_checkpoint(path, self.state(include_data=same_layout and not seed_only))
         if seed_only:
             set_model_state_dict(self.model, state["model"])
         else:
@@ -145,8 +145,7 @@ class Trainer:
                                        f"{self.recipe.data.num_workers}")
 
     def save(self) -> float:
-        state = self.state(include_optim=self.step > 0)
-        return self.checkpoints.save(self.step, state, recipe_to_toml(self.recipe))
+        return self.checkpoints.save(self.step, self.state(), recipe_to_toml(self.recipe))
 
     # -- steps ---------------------------------------------------------------------------
     def _autocast(self):
@@ -207,7 +206,7 @@ class Trainer:
             (loss_sum * (self.dist.world_size / count)).backward()   # FSDP averages over ranks
             total += loss_sum.detach()
         clip = r.optimizer.grad_clip
-        grad_norm = _local(clip_grad_norm(self.model.parameters(), clip if clip > 0 else math.inf))
+        grad_norm = clip_grad_norm(self.model.parameters(), clip if clip > 0 else math.inf)
         if self.dist.world_size > 1:   # every rank stops together if any was asked to
             stop = all_reduce_max(host_to_device(torch.tensor(float(self.stop.requested)), self.device))
             norm_value, stop_value = torch.stack([grad_norm.float(), stop]).tolist()
@@ -231,8 +230,7 @@ class Trainer:
         if not has_validation_split(r):
             return None
         if not hasattr(self, "_val_dataset"):
-            split = "validation" if r.data.source != "synthetic" else "train"
-            self._val_dataset = build_dataset(r, split, self.dist.is_main)
+            self._val_dataset = build_dataset(r, "validation", self.dist.is_main)
         nelbo, _ = nelbo_per_token(model, self.diffusion, self._val_dataset, r.train.micro_batch, r.train.eval_batches,
                                    self.device, r.run.seed)
         return nelbo
@@ -250,7 +248,7 @@ class Trainer:
         else:
             if r.init.from_run:
                 source = load_ema_weights(r.init.from_run, r.run.output_dir, self.model)
-                self.ema = EMA(self.model, r.train.ema_decay)   # averages start from the loaded weights
+                self.ema.restart(self.model)   # averages start from the loaded weights
                 log.write({"step": 0, "event": f"initialised from run {r.init.from_run} step {source.step}"
                                                + (f"; new: {', '.join(source.new_keys)}" if source.new_keys else "")})
             if r.checkpoint.seed_checkpoint:
