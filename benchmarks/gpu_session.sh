@@ -8,13 +8,15 @@
 #      stage has finished, the synthetic evaluation
 #   k  one GPU: the GPU tests, the kernel and sampling-latency benchmarks (issue 5)
 #   b  quiet machine: end-to-end training on one GPU, kernels wheel against the pre-kernel wheel,
-#      small (with the asynchronous-checkpoint stall) and large (issues 4 and 5)
-#   c  FSDP over 4 GPUs, small and large, with their 1-GPU baselines in the same call; HSDP as
-#      2 rendezvous "nodes" x 2 GPUs trains, then resumes
+#      small (with the asynchronous-checkpoint stall, and with micro-batch 64) and large
+#      (issues 4 and 5)
+#   h  one H100: the new-wheel runs of b first, then k, then b's baselines (most needed first)
+#   c  FSDP over 4 GPUs, small (micro-batch 32 and 64) and large, with their 1-GPU baselines in
+#      the same call; HSDP as 2 rendezvous "nodes" x 2 GPUs trains, then resumes
 #   p  profiles (op tables, Chrome traces) of the small model on 1 and 4 GPUs, large on 4
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, torchdata) and .bench/
 # (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|k|b|c|p NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -65,11 +67,20 @@ hsdp() {  # two rendezvous "nodes" of 2 GPUs, large model, HSDP replicate=2, to 
   wait
 }
 kernel_tasks() {  # GPU tests, kernel benchmarks and sampling latency, on GPU 0
-  task gpu-tests 150 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
+  task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
   task kernel-masked-loss 60 gpu0 kernel_masked_loss.log python3 benchmarks/kernel_masked_loss.py --results-dir "$OUT"
   task kernel-sampler 45 gpu0 kernel_sampler.log python3 benchmarks/kernel_sampler.py --results-dir "$OUT"
   task kernel-masking 60 gpu0 kernel_masking.log python3 benchmarks/kernel_masking.py --results-dir "$OUT" --iters 50
   task sampling-latency 200 gpu0 sampling_latency.log python3 benchmarks/sampling_latency.py --results-dir "$OUT"
+}
+new_wheel_runs() {  # one GPU, the code under test
+  task small-kernels 170 bench new 1 small-kernels owt.toml --checkpoint-stall train.global_batch=128 train.micro_batch=32
+  task large-kernels 160 bench new 1 large-kernels owt_large.toml train.global_batch=64 train.micro_batch=16
+  task small-micro64 150 bench new 1 small-micro64 owt.toml train.global_batch=128 train.micro_batch=64
+}
+baseline_runs() {  # one GPU, the pre-kernel wheel
+  task small-baseline 150 bench base 1 small-baseline owt.toml train.global_batch=128 train.micro_batch=32
+  task large-baseline 160 bench base 1 large-baseline owt_large.toml train.global_batch=64 train.micro_batch=16
 }
 hsdp_train_resume() {
   rm -rf /tmp/hsdp; hsdp 3; hsdp 5
@@ -117,14 +128,15 @@ k)
   kernel_tasks
   ;;
 b)
-  task small-kernels 170 bench new 1 small-kernels owt.toml --checkpoint-stall train.global_batch=128 train.micro_batch=32
-  task small-baseline 150 bench base 1 small-baseline owt.toml train.global_batch=128 train.micro_batch=32
-  task large-kernels 160 bench new 1 large-kernels owt_large.toml train.global_batch=64 train.micro_batch=16
-  task large-baseline 160 bench base 1 large-baseline owt_large.toml train.global_batch=64 train.micro_batch=16
+  new_wheel_runs; baseline_runs
+  ;;
+h)
+  new_wheel_runs; kernel_tasks; baseline_runs
   ;;
 c)
   task small-1gpu 90 bench new 1 small-1gpu owt.toml train.global_batch=128 train.micro_batch=32
   task small-4gpu 120 bench new 4 small-4gpu-fsdp owt.toml train.global_batch=512 train.micro_batch=32
+  task small-4gpu-micro64 120 bench new 4 small-4gpu-micro64 owt.toml train.global_batch=512 train.micro_batch=64
   task large-1gpu 100 bench new 1 large-1gpu owt_large.toml train.global_batch=64 train.micro_batch=16
   task large-4gpu 140 bench new 4 large-4gpu-fsdp owt_large.toml train.global_batch=256 train.micro_batch=16
   task hsdp 300 hsdp_train_resume

@@ -3,6 +3,7 @@ kill-and-restart under torchrun, resharding to another world size, SIGTERM, non-
 policies, HSDP over two rendezvous "nodes", per-block compile."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from imdm.recipe import recipe_from_dict
 from imdm.run_loading import load_run
 from imdm.train.checkpoint import latest_checkpoint, load_checkpoint
 from imdm.train.faults import NonFiniteLoss, NonFinitePolicy
+from imdm.train.step_report import StepReport
 from imdm.train.trainer import Trainer
 
 TINY = ["model.size=custom", "model.d_model=32", "model.n_blocks=2", "model.n_heads=2", "model.dropout=0.1",
@@ -174,6 +176,36 @@ def test_nonfinite_loss_is_skipped_then_stops(tmp_path, monkeypatch):
     monkeypatch.setattr(stopper.algorithm, "loss", lambda *a, **k: real_stop(*a, **k) * float("nan"))
     with pytest.raises(NonFiniteLoss, match="step 1: 2 non-finite losses in a row"):
         stopper.fit()
+
+
+def test_step_report_is_read_once():
+    report = StepReport(torch.device("cpu"), 2)
+    assert report.read() is None
+    report.write(7, torch.tensor([1.5, 0.0]))
+    with pytest.raises(RuntimeError, match="step 7 was never read"):
+        report.write(8, torch.tensor([2.0, 1.0]))
+    assert report.read() == (7, [1.5, 0.0]) and report.read() is None
+
+
+def test_nonfinite_step_is_skipped_at_once_and_counted_a_step_late(tmp_path, monkeypatch):
+    """The optimizer skips the step on the device (no host read of its gradient norm); the
+    policy counts it, and the EMA leaves it out, when the next step settles it."""
+    trainer = Trainer(_tiny_recipe(tmp_path, "late", nonfinite="skip"), init_distributed("cpu"))
+    real = trainer.algorithm.loss
+    monkeypatch.setattr(trainer.algorithm, "loss",
+                        lambda *a, **k: real(*a, **k) * (float("nan") if trainer.step == 1 else 1.0))
+    trainer.train_step()
+    params = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_step()
+    assert all(torch.equal(params[k], v) for k, v in trainer.model.state_dict().items())
+    assert trainer.nonfinite.total == 0 and trainer.ema.num_updates == 1
+    ema = {k: v.clone() for k, v in trainer.ema.shadow.items()}
+    trainer.settle()
+    assert trainer.nonfinite.total == 1 and math.isnan(trainer.grad_norm)
+    assert trainer.ema.num_updates == 1 and all(torch.equal(ema[k], v) for k, v in trainer.ema.shadow.items())
+    trainer.train_step()
+    trainer.settle()
+    assert trainer.ema.num_updates == 2 and trainer.nonfinite.in_a_row == 0
 
 
 @pytest.mark.timeout(400)

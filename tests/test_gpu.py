@@ -1,6 +1,6 @@
 """GPU checks (skipped without CUDA; run on the lent H100): seeded randomness is identical on
-CPU and GPU, SDPA's fused kernels agree with math attention in bf16, and a bf16-autocast
-training run learns."""
+CPU and GPU, SDPA's fused kernels agree with math attention in bf16, a bf16-autocast
+training run learns, and training steps never wait for the GPU."""
 
 import pytest
 import torch
@@ -75,3 +75,29 @@ def test_mask_noise_kernel_matches_eager_on_gpu():
             assert torch.equal(got, eager)
         else:
             torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_training_steps_never_wait_for_the_gpu(tmp_path, monkeypatch):
+    """After a warm-up step, steps (one of them non-finite) queue their work without a single
+    synchronising CUDA call; the skip happens on the device and is counted one step late."""
+    recipe = recipe_from_dict({
+        "run": {"output_dir": str(tmp_path), "name": "nosync"}, "model": {"dropout": 0.1},
+        "data": {"vocab_size": 64, "seq_len": 16},
+        "train": {"steps": 10, "global_batch": 16, "micro_batch": 8, "eval_batches": 1}})
+    trainer = Trainer(recipe, init_distributed("cuda"))
+    real = trainer.algorithm.loss
+    monkeypatch.setattr(trainer.algorithm, "loss",
+                        lambda *a, **k: real(*a, **k) * (float("nan") if trainer.step == 2 else 1.0))
+    trainer.train_step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(4):
+            trainer.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    before_ema = {k: v.clone() for k, v in trainer.ema.shadow.items()}
+    trainer.settle()
+    assert trainer.nonfinite.total == 1 and trainer.ema.num_updates == 4
+    assert any(not torch.equal(before_ema[k], v) for k, v in trainer.ema.shadow.items())
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

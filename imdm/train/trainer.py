@@ -2,7 +2,12 @@
 rank's loss sum is divided by the global valid-token count, or the algorithm's own count,
 before backward), AdamW with warm-up, clipping, EMA sharded like the parameters, bf16
 autocast on GPU, FSDP2/HSDP, atomic (optionally asynchronous) DCP checkpoints with exact
-resume, SIGTERM and non-finite policies, and metrics (tokens/s, MFU, memory, data-wait share)."""
+resume, SIGTERM and non-finite policies, and metrics (tokens/s, MFU, memory, data-wait share).
+
+A step never waits for the GPU: fused AdamW skips a non-finite step on the device (its
+`found_inf`), and what the host needs from the step (the gradient norm for the policy and the
+logs, the ranks' agreed stop flag) is read one step late, by `settle`, which also applies that
+step's EMA update. Everything that reads the EMA, the counters or the stop flag settles first."""
 
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from imdm.train.lr import lr_factor
 from imdm.train.metrics import MetricsLog
 from imdm.train.parallelize import training_model
 from imdm.train.run_dir import prepare_run_dir
+from imdm.train.step_report import StepReport
 
 STREAM_DROPOUT = 13
 
@@ -84,6 +90,9 @@ class Trainer:
                                              recipe.checkpoint.async_save, checkpoint_group(dist))
         self.nonfinite = NonFinitePolicy(recipe.train.nonfinite, recipe.train.max_nonfinite)
         self.stop = StopRequest()
+        self._report = StepReport(self.device, 2)    # (gradient norm, agreed stop flag)
+        self._stop_agreed = False
+        self.grad_norm = float("nan")
         self.staging_wait_s = 0.0
         self.step = 0
         self._batches = None
@@ -145,6 +154,7 @@ class Trainer:
                                        f"{self.recipe.data.num_workers}")
 
     def save(self) -> float:
+        self.settle()
         return self.checkpoints.save(self.step, self.state(), recipe_to_toml(self.recipe))
 
     # -- steps ---------------------------------------------------------------------------
@@ -205,22 +215,36 @@ class Trainer:
                                                self.step, valid=batch["valid"], **batch.get("extras", {}))
             (loss_sum * (self.dist.world_size / count)).backward()   # FSDP averages over ranks
             total += loss_sum.detach()
+        self.staging_wait_s = self.checkpoints.wait_for_staging()   # a save's copy is off the state
+        self.settle()   # the previous step's report: queued a whole step ago, so this rarely waits
         clip = r.optimizer.grad_clip
-        grad_norm = clip_grad_norm(self.model.parameters(), clip if clip > 0 else math.inf)
+        grad_norm = clip_grad_norm(self.model.parameters(), clip if clip > 0 else math.inf).float()
+        stop = torch.zeros((), device=self.device)
         if self.dist.world_size > 1:   # every rank stops together if any was asked to
             stop = all_reduce_max(host_to_device(torch.tensor(float(self.stop.requested)), self.device))
-            norm_value, stop_value = torch.stack([grad_norm.float(), stop]).tolist()
-            self.stop.requested = stop_value > 0
-        else:
-            norm_value = float(grad_norm)
-        self.grad_norm = norm_value
-        if self.nonfinite.observe(math.isfinite(norm_value), self.step):
-            self.staging_wait_s = self.checkpoints.wait_for_staging()
-            self.optimizer.step()
-            self.ema.update(self.model)
+        self._report.write(self.step, torch.stack([grad_norm, stop]))
+        self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()   # fused AdamW skips such a step
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return all_reduce_sum(total) / count, waited
+
+    def settle(self) -> None:
+        """Read the last step's report and finish that step: the non-finite policy (which may
+        stop the run), its EMA update (none for a skipped step) and the ranks' stop agreement."""
+        report = self._report.read()
+        if report is None:
+            return
+        step, (self.grad_norm, stop) = report
+        self._stop_agreed = stop > 0
+        if self.nonfinite.observe(math.isfinite(self.grad_norm), step):
+            self.ema.update(self.model)
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether to save and stop now: this process's signal, or with several ranks the
+        agreement read from the last settled step (the same on every rank)."""
+        return self.stop.requested if self.dist.world_size == 1 else self._stop_agreed
 
     def validation_nelbo(self, model: torch.nn.Module) -> float | None:
         """Mean NELBO per valid token (nats) over the first `train.eval_batches` micro-batches of
@@ -282,6 +306,7 @@ class Trainer:
             waited += wait
             self.checkpoints.poll()
             if self.step % r.logging.every_steps == 0 or self.step == r.train.steps:
+                self.settle()
                 loss_value = float(loss)
                 now = time.perf_counter()
                 rate = tokens_per_step * (self.step - ticked_step) / (now - tick) / self.dist.world_size
@@ -299,15 +324,16 @@ class Trainer:
                 if val is not None:
                     log.write({"step": self.step, "val_nelbo": val})
             periodic = r.checkpoint.every_steps and self.step % r.checkpoint.every_steps == 0
-            if self.stop.requested or periodic or self.step == r.train.steps:
+            if self.stop_requested or periodic or self.step == r.train.steps:
                 stall = self.save()
                 log.write({"step": self.step, "event": "checkpoint", "stall_s": stall})
-            if self.stop.requested:
+            if self.stop_requested:
                 break
         return loss_value
 
     def ema_model(self) -> torch.nn.Module:
         """An unsharded copy of the model holding the EMA weights (what evaluation and sampling use)."""
+        self.settle()
         model = build_model(self.recipe, self.dataset.model_vocab, self.dataset.mask_id, self.device)
         self.ema.copy_to(model)
         return model.eval()
