@@ -136,9 +136,9 @@ h)
 c)
   task small-1gpu 90 bench new 1 small-1gpu owt.toml train.global_batch=128 train.micro_batch=32
   task small-4gpu 120 bench new 4 small-4gpu-fsdp owt.toml train.global_batch=512 train.micro_batch=32
-  task small-4gpu-micro64 120 bench new 4 small-4gpu-micro64 owt.toml train.global_batch=512 train.micro_batch=64
   task large-1gpu 100 bench new 1 large-1gpu owt_large.toml train.global_batch=64 train.micro_batch=16
   task large-4gpu 140 bench new 4 large-4gpu-fsdp owt_large.toml train.global_batch=256 train.micro_batch=16
+  task small-4gpu-micro64 120 bench new 4 small-4gpu-micro64 owt.toml train.global_batch=512 train.micro_batch=64
   task hsdp 300 hsdp_train_resume
   ;;
 p)

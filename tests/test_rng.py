@@ -30,8 +30,18 @@ def test_hash_bit_exact_against_uint32_arithmetic():
     for seed, stream in [(0, 0), (12345, rng.STREAM_EPS), (2 ** 62 + 17, rng.STREAM_MASK)]:
         with np.errstate(over="ignore"):
             ref = _hash32_numpy(seed, counter, stream).astype(np.int64)
-        got = rng.hash32(torch.tensor(seed), torch.from_numpy(counter), stream).numpy()
-        np.testing.assert_array_equal(got, ref)
+        for impl in (rng.hash32_host, rng.hash32_words):   # the host path, and the one of other devices
+            got = impl(torch.tensor(seed), torch.from_numpy(counter), stream).numpy()
+            np.testing.assert_array_equal(got, ref)
+
+
+def test_host_and_device_hash_agree_under_broadcasting():
+    seeds = rng.derive_seed(3, torch.arange(7), rng.STREAM_SAMPLE_SEED)[:, None]
+    counter = torch.arange(0, 2 ** 33, 2 ** 33 // 101)[None, :]
+    streams = torch.arange(7)[:, None] * 2 + rng.STREAM_EPS
+    host = rng.hash32(seeds, counter, streams)
+    assert host.dtype == torch.int64 and host.shape == (7, 102)
+    assert torch.equal(host, rng.hash32_words(seeds, counter, streams))
 
 
 def test_uniforms_are_uniform_and_in_open_interval():
