@@ -8,10 +8,12 @@
 #      stage has finished, the synthetic evaluation
 #   k  one GPU: the GPU tests, the kernel and sampling-latency benchmarks (issue 5)
 #   b  quiet machine: end-to-end training on one GPU, kernels wheel against the pre-kernel wheel,
-#      small (with the asynchronous-checkpoint stall, and with micro-batch 64) and large
-#      (issues 4 and 5)
-#   h  one H100: the new-wheel runs of b first, then k, then b's baselines (most needed first)
-#   c  FSDP over 4 GPUs, small (micro-batch 32 and 64) and large, with their 1-GPU baselines in
+#      small (with the asynchronous-checkpoint stall) and large (issues 4 and 5), then the small
+#      model in micro-batches of 64
+#   h  one H100: the new-wheel runs of b first, then k, then b's baselines (most needed first),
+#      then the small model with micro-batch 64
+#   c  FSDP over 4 GPUs, small (micro-batch 32 and 64) and large (also the pre-kernel wheel, which
+#      synchronised every step, with parameters kept to backward), with their 1-GPU baselines in
 #      the same call; HSDP as 2 rendezvous "nodes" x 2 GPUs trains, then resumes
 #   p  profiles (op tables, Chrome traces) of the small model on 1 and 4 GPUs, large on 4
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, torchdata) and .bench/
@@ -76,11 +78,13 @@ kernel_tasks() {  # GPU tests, kernel benchmarks and sampling latency, on GPU 0
 new_wheel_runs() {  # one GPU, the code under test
   task small-kernels 170 bench new 1 small-kernels owt.toml --checkpoint-stall train.global_batch=128 train.micro_batch=32
   task large-kernels 160 bench new 1 large-kernels owt_large.toml train.global_batch=64 train.micro_batch=16
-  task small-micro64 150 bench new 1 small-micro64 owt.toml train.global_batch=128 train.micro_batch=64
 }
 baseline_runs() {  # one GPU, the pre-kernel wheel
   task small-baseline 150 bench base 1 small-baseline owt.toml train.global_batch=128 train.micro_batch=32
   task large-baseline 160 bench base 1 large-baseline owt_large.toml train.global_batch=64 train.micro_batch=16
+}
+micro64_run() {  # one GPU, the small model in micro-batches of 64
+  task small-micro64 150 bench new 1 small-micro64 owt.toml train.global_batch=128 train.micro_batch=64
 }
 hsdp_train_resume() {
   rm -rf /tmp/hsdp; hsdp 3; hsdp 5
@@ -128,16 +132,18 @@ k)
   kernel_tasks
   ;;
 b)
-  new_wheel_runs; baseline_runs
+  new_wheel_runs; baseline_runs; micro64_run
   ;;
 h)
-  new_wheel_runs; kernel_tasks; baseline_runs
+  new_wheel_runs; kernel_tasks; baseline_runs; micro64_run
   ;;
 c)
   task small-1gpu 90 bench new 1 small-1gpu owt.toml train.global_batch=128 train.micro_batch=32
   task small-4gpu 120 bench new 4 small-4gpu-fsdp owt.toml train.global_batch=512 train.micro_batch=32
   task large-1gpu 100 bench new 1 large-1gpu owt_large.toml train.global_batch=64 train.micro_batch=16
   task large-4gpu 140 bench new 4 large-4gpu-fsdp owt_large.toml train.global_batch=256 train.micro_batch=16
+  task large-4gpu-base 140 bench base 4 large-4gpu-fsdp-base owt_large.toml train.global_batch=256 \
+    train.micro_batch=16 parallelism.reshard_after_forward=false
   task small-4gpu-micro64 120 bench new 4 small-4gpu-micro64 owt.toml train.global_batch=512 train.micro_batch=64
   task hsdp 300 hsdp_train_resume
   ;;
