@@ -39,12 +39,13 @@ task() {  # task NAME SECONDS COMMAND...: run once, under `timeout SECONDS`, if 
   if [ $((LIMIT - SECONDS)) -lt "$T" ]; then echo "$name: not started, $((LIMIT - SECONDS)) s left"; return; fi
   "$@" && touch $DONE/$name || echo "$name: FAILED or timed out (log in \$OUT)"
 }
-bench() {  # bench WHEEL NPROC LABEL RECIPE overrides...  (under task: timeout $T)
+bench() {  # bench WHEEL NPROC LABEL RECIPE overrides...  (under task: timeout $T); 6 warm-up steps see most
+           # of the loss row-count buckets, each a new cuBLAS shape the first time
   local v=$1 n=$2 label=$3 recipe=$4; shift 4
   local sha=$NEW_SHA launch=python3; [ "$v" = base ] && sha=$BASE_SHA
   [ "$n" = 1 ] || launch="python3 -m torch.distributed.run --standalone --nproc_per_node=$n"
   CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((n - 1))) PYTHONPATH=/tmp/$v IMDM_GIT_SHA=$sha timeout "$T" $launch \
-    benchmarks/train_throughput.py --warmup 3 --steps 8 --results-dir "$OUT" --label "$label" \
+    benchmarks/train_throughput.py --warmup 6 --steps 12 --results-dir "$OUT" --label "$label" \
     --recipe "$REPO/recipes/$recipe" "$@" $DATA > "$OUT/bench_$label.log" 2>&1
   grep -E "tokens/s|Error" "$OUT/bench_$label.log" | tail -2; grep -q "tokens/s" "$OUT/bench_$label.log"
 }

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from imdm.algorithms.masked_diffusion import MaskedDiffusion
+from imdm.algorithms.masked_diffusion import ROW_BUCKET_CUDA, MaskedDiffusion
 from imdm.algorithms.redi import Rectification
 from imdm.algorithms.sdtt import Distillation, Rounds
 from imdm.data.synthetic import SyntheticRepeat
@@ -91,8 +91,9 @@ def build_model(recipe: Recipe, vocab_size: int, mask_id: int, device: torch.dev
 
 def build_algorithm(recipe: Recipe, mask_id: int, device: torch.device | str = "cpu") -> MaskedDiffusion:
     a = recipe.algorithm
+    cuda = torch.device(device).type == "cuda"
     return MaskedDiffusion(make_schedule(a.noise_schedule, a.schedule_eps), mask_id, recipe.run.seed, a.antithetic,
-                           fused_loss=torch.device(device).type == "cuda")
+                           fused_loss=cuda, row_bucket=ROW_BUCKET_CUDA if cuda else 1)
 
 
 def build_distillation(recipe: Recipe, base: MaskedDiffusion, teacher: torch.nn.Module) -> Distillation:

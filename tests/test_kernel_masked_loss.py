@@ -7,7 +7,7 @@ MaskedDiffusion; and, on the GPU, bf16 against PyTorch's own bf16 error."""
 import pytest
 import torch
 
-from imdm.algorithms.masked_diffusion import MaskedDiffusion
+from imdm.algorithms.masked_diffusion import MaskedDiffusion, row_indices
 from imdm.diffusion.nelbo import masked_token_nll
 from imdm.diffusion.schedule import LogLinearSchedule
 from imdm.kernels import masked_loss
@@ -152,13 +152,26 @@ def test_masked_diffusion_fused_loss_matches_the_logits_path():
     valid = torch.ones(4, 12, dtype=torch.bool)
     valid[1, 8:] = False
     results = []
-    for fused in (False, True):
-        algorithm = MaskedDiffusion(LogLinearSchedule(), cfg.mask_id, seed=5, fused_loss=fused)
+    for fused, bucket in ((False, 1), (True, 1), (True, 16), (False, 7)):
+        algorithm = MaskedDiffusion(LogLinearSchedule(), cfg.mask_id, seed=5, fused_loss=fused, row_bucket=bucket)
         model.zero_grad()
         loss = algorithm.loss(model, x0, torch.arange(4), global_batch=4, step=3, valid=valid)
         loss.backward()
         results.append([loss.detach()] + [p.grad.clone() for p in model.parameters()])
-    _assert_all_close(results[1], results[0], rtol=1e-4, atol=1e-5)
+    for other in results[1:]:   # the fused head, and rows padded to buckets, compute the same loss
+        _assert_all_close(other, results[0], rtol=1e-4, atol=1e-5)
+
+
+def test_row_buckets_pad_with_repeats_of_the_first_row():
+    masked = torch.zeros(3, 9, dtype=torch.bool)
+    masked[0, 4] = masked[1, 2] = masked[2, 0] = masked[2, 8] = True
+    valid = torch.ones(3, 9, dtype=torch.bool)
+    valid[2, 8] = False
+    rows, scored = row_indices(masked, valid, torch.device("cpu"), bucket=8)
+    assert rows[0].tolist() == [0, 1, 2, 2] + [0] * 4 and rows[1].tolist() == [4, 2, 0, 8] + [4] * 4
+    assert scored[0].tolist() == [0, 1, 2] + [0] * 5 and scored[1].tolist() == [4, 2, 0] + [4] * 5
+    empty = row_indices(torch.zeros(2, 5, dtype=torch.bool), None, torch.device("cpu"), bucket=8)
+    assert all(r.numel() == 0 for pair in empty for r in pair)
 
 
 @pytest.mark.gpu

@@ -17,19 +17,33 @@ from imdm.parallel.distributed import host_to_device
 from imdm.sampling.ancestral import SamplerSettings, SampleResult, ancestral_sample
 
 
-def row_indices(masked: torch.Tensor, valid: torch.Tensor | None, device: torch.device
+ROW_BUCKET_CUDA = 128
+
+
+def _padded_nonzero(mask: torch.Tensor, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, position) indices of `mask`, their count padded to a multiple of `bucket` by
+    repeating the first entry."""
+    rows = torch.nonzero(mask, as_tuple=True)
+    pad = -rows[0].numel() % bucket if rows[0].numel() else 0
+    return tuple(torch.cat([r, r[:1].expand(pad)]) for r in rows) if pad else rows
+
+
+def row_indices(masked: torch.Tensor, valid: torch.Tensor | None, device: torch.device, bucket: int = 1
                 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """(batch, position) indices on `device` of the masked positions, and of those also valid
-    (the scored ones), from host masks: no device sync."""
+    (the scored ones), from host masks: no device sync. With `bucket` > 1 each list is padded to
+    a multiple of it (repeating its first entry), so the matmuls over these rows see a few
+    shapes again and again: cuBLAS picks its kernel per shape, on the host, for up to tens of
+    milliseconds (seen in an H100 trace). Padding rows must get zero weight."""
     scored = masked if valid is None else masked & valid.cpu()
-    return tuple(tuple(host_to_device(i, device) for i in torch.nonzero(m, as_tuple=True)) for m in (masked, scored))
+    return tuple(tuple(host_to_device(i, device) for i in _padded_nonzero(m, bucket)) for m in (masked, scored))
 
 
 class MaskedDiffusion:
     """Loss and sampler of a masked diffusion model; `model.mask_state` decides MDLM vs IMDM."""
 
     def __init__(self, schedule, mask_id: int, seed: int, antithetic: bool = True, kernels: str = "auto",
-                 fused_loss: bool = False):
+                 fused_loss: bool = False, row_bucket: int = 1):
         self.schedule = schedule
         self.mask_id = mask_id
         self.seed = seed
@@ -37,6 +51,8 @@ class MaskedDiffusion:
         # fused_loss: the model's head returns the weighted NLL sum through the fused
         # head-matmul + cross-entropy kernel (imdm.kernels.masked_loss), with no [N, V] logits
         self.fused_loss = fused_loss
+        # row_bucket: the loss's row lists are padded to a multiple of it (see row_indices)
+        self.row_bucket = row_bucket
         # The mask-state noise (rows, or every position) comes from the Triton kernel on CUDA
         # tensors (`kernels`: "auto"; "triton" or "eager" forces one side), bit-identical to the
         # eager hash.
@@ -78,7 +94,9 @@ class MaskedDiffusion:
         `valid`), eps from `noise_seeds` [B] at generation 0. z and targets [B, L] on the model's
         device; t float32 [B], noise_seeds, masked and valid on the host."""
         device = z.device
-        masked_rows, scored_rows = row_indices(masked, valid, device)
+        masked_rows, scored_rows = row_indices(masked, valid, device, self.row_bucket)
+        n_masked = int(masked.sum())
+        n_scored = n_masked if valid is None else int((masked & valid.cpu()).sum())
         t = host_to_device(t, device)
         noise = None
         if model.mask_state is not None:
@@ -87,7 +105,8 @@ class MaskedDiffusion:
             noise = self._noise_rows(seeds[masked_rows[0]], masked_rows[1], cfg.noise_width, cfg.noise_dist)
         targets = targets[scored_rows]
         weights = self.schedule.loss_weight(t)[scored_rows[0]]
-        rows = dict(select=scored_rows, noise_index=masked_rows)
+        weights[n_scored:] = 0.0          # padding rows (row_bucket) score nothing
+        rows = dict(select=scored_rows, noise_index=tuple(r[:n_masked] for r in masked_rows))
         if self.fused_loss:
             return model(z, noise, self.schedule.sigma(t), targets=targets, row_weight=weights, **rows)
         logits = model(z, noise, self.schedule.sigma(t), **rows)

@@ -108,15 +108,17 @@ class DiT(nn.Module):
         """Logits before SUBS: [B, L, V], or [N, V] at `select` = (batch_idx, pos_idx) (the loss
         scores masked rows only, so the head never sees the rest); with `targets` and
         `row_weight` [N] as well, the weighted NLL sum of OutputHead.forward. `noise` is the mask-state
-        base noise (required for IMDM): [B, L, noise_width] for every position, or [M,
-        noise_width] for the mask positions listed in `noise_index` (the MLP then runs on
-        those rows only). `sigma` is the noise level (time-conditioned models only)."""
+        base noise (required for IMDM): [B, L, noise_width] for every position, or [M' >= M,
+        noise_width] for the M mask positions listed in `noise_index` (the MLP then runs on
+        those rows only; rows beyond M are padding, computed and dropped). `sigma` is the noise
+        level (time-conditioned models only)."""
         x = F.embedding(tokens, self.token_embed).float()   # residual stream in float32
         if self.mask_state is not None:
             if noise is None:
                 raise ValueError("this model has mask states (IMDM): pass the mask-state noise")
             if noise_index is not None:
-                x = x.index_put(noise_index, self.mask_state(noise).float(), accumulate=True)
+                states = self.mask_state(noise)[: noise_index[0].shape[0]]
+                x = x.index_put(noise_index, states.float(), accumulate=True)
             else:
                 is_mask = (tokens == self.cfg.mask_id).unsqueeze(-1)
                 x = x + torch.where(is_mask, self.mask_state(noise), 0.0)
