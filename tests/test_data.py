@@ -255,3 +255,20 @@ def test_loader_resume_yields_exactly_the_next_batches(world, workers):
     for step in range(3):
         got = torch.cat([torch.cat(straight[r][step * per_step:(step + 1) * per_step])[:, 0] for r in range(world)])
         assert torch.equal(got, order.global_rows(step))
+
+
+def test_eval_sets_of_a_coupling_run_use_the_sets_tokenizer(monkeypatch):
+    """A run trained on couplings scores zero-shot sets with the tokenizer its coupling set was
+    made with (its recipe's [tokenizer] is the default GPT-2 one), and a synthetic set is a
+    clear error."""
+    import imdm.build
+    from imdm.eval.perplexity import eval_set_recipe
+    recipe = recipe_from_dict({"algorithm": {"objective": "redi"},
+                               "data": {"source": "couplings", "couplings": "lm1b-couplings", "seq_len": 128}})
+    manifest = {"tokenizer": {"kind": "bert", "path": "bert-files"}}
+    monkeypatch.setattr(imdm.build, "build_dataset", lambda r, *a, **k: type("Set", (), {"manifest": manifest}))
+    sub, split = eval_set_recipe(recipe, "ptb")
+    assert (sub.tokenizer.kind, sub.tokenizer.path) == ("bert", "bert-files") and sub.data.source in ("local", "hub")
+    manifest["tokenizer"] = None
+    with pytest.raises(ValueError, match="'lm1b-couplings' was made from synthetic data"):
+        eval_set_recipe(recipe, "ptb")

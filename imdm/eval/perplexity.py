@@ -13,6 +13,7 @@ import torch
 from imdm.algorithms.masked_diffusion import MaskedDiffusion
 from imdm.data.text_dataset import open_text_dataset
 from imdm.recipe import Recipe
+from imdm.recipe.schema import TokenizerSection
 
 STREAM_EVAL = 19_191
 
@@ -24,9 +25,23 @@ LOCAL_EVAL_FILES = {
 }
 
 
+def _text_recipe(recipe: Recipe) -> Recipe:
+    """`recipe`, or for a run trained on a coupling set, `recipe` with the tokenizer that set's
+    sequences were made with (the model's vocabulary; the run's own [tokenizer] is unused)."""
+    if recipe.data.source != "couplings":
+        return recipe
+    from imdm.build import build_dataset
+    stored = build_dataset(recipe).manifest["tokenizer"]
+    if stored is None:
+        raise ValueError(f"eval.sets scores text, but coupling set {recipe.data.couplings!r} was made from "
+                         "synthetic data: it has no tokenizer")
+    return dataclasses.replace(recipe, tokenizer=TokenizerSection(**stored))
+
+
 def eval_set_recipe(recipe: Recipe, name: str) -> tuple[Recipe, str]:
     """A copy of `recipe` whose data section reads the zero-shot set `name` (wrapped at the
-    model's length), and the split to read."""
+    model's length, tokenized as the model's training data was), and the split to read."""
+    recipe = _text_recipe(recipe)
     local = LOCAL_EVAL_FILES.get(name)
     data = recipe.data
     if local and (Path(recipe.eval.local_root) / local[0]).is_file():
