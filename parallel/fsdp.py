@@ -27,3 +27,12 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | No
     fully_shard(model.head, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     return model
+
+
+def reshard_all(model: nn.Module) -> None:
+    """Free the parameters a forward without backward (evaluation) left gathered: FSDP2 keeps
+    the root unit's, and every unit's when reshard_after_forward is off, until a backward. Until
+    then the module holds full parameters instead of its shards. A no-op without FSDP."""
+    for module in model.modules():
+        if hasattr(module, "reshard") and hasattr(module, "set_requires_gradient_sync"):
+            module.reshard()

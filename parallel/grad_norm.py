@@ -11,9 +11,10 @@ import torch.distributed as dist
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
     """Scale the gradients in place so their global L2 norm is at most `max_norm` (inf: no
     scaling) and return that norm (a 0-dim float32 tensor), as torch.nn.utils.clip_grad_norm_."""
+    parameters = list(parameters)
     params = [p for p in parameters if p.grad is not None]
-    if not params:
-        return torch.zeros(())
+    if not params:   # on the parameters' device, like a norm
+        return torch.zeros((), device=parameters[0].device if parameters else None)
     grads = [p.grad for p in params]
     sharded = hasattr(grads[0], "to_local")
     mesh, placements = (grads[0].device_mesh, grads[0].placements) if sharded else (None, None)

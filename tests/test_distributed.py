@@ -50,3 +50,17 @@ def test_two_gloo_ranks_match_one_process(tmp_path, repo_root):
                           f"run.output_dir={tmp_path}", "run.name=bad"], capture_output=True, text=True, env=env)
     assert bad.returncode != 0
     assert "train.global_batch: 8 is not divisible by train.micro_batch (8) x data-parallel size (2)" in bad.stderr
+
+
+@pytest.mark.timeout(300)
+def test_checkpoint_after_validation_off_a_logging_step(tmp_path, repo_root):
+    """Step 3 validates (a forward without backward leaves FSDP's root unit unsharded) and then
+    saves, with no metrics line before: the step's deferred EMA update must still see shards."""
+    recipe = os.path.join(repo_root, "recipes", "quickstart.toml")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "imdm", "train", recipe, *OVERRIDES, "logging.every_steps=4", "train.eval_every=3",
+                          "checkpoint.every_steps=3", f"run.output_dir={tmp_path}", "run.name=evalsave"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "evalsave" / "checkpoints").glob("step_*")) == \
+        ["step_00000003", "step_00000005"]

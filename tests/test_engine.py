@@ -178,6 +178,12 @@ def test_nonfinite_loss_is_skipped_then_stops(tmp_path, monkeypatch):
         stopper.fit()
 
 
+def test_gradient_norm_without_gradients_is_zero_on_the_parameters_device():
+    from imdm.parallel.grad_norm import clip_grad_norm
+    norm = clip_grad_norm(torch.nn.Linear(3, 2, device="meta").parameters(), 1.0)
+    assert norm.shape == () and norm.device.type == "meta"
+
+
 def test_step_report_is_read_once():
     report = StepReport(torch.device("cpu"), 2)
     assert report.read() is None

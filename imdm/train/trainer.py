@@ -30,6 +30,7 @@ from imdm.data.order import GlobalBatchOrder
 from imdm.eval.perplexity import nelbo_per_token
 from imdm.parallel.grad_norm import clip_grad_norm
 from imdm.parallel.distributed import DistInfo, all_reduce_max, all_reduce_sum, checkpoint_group, host_to_device
+from imdm.parallel.fsdp import reshard_all
 from imdm.recipe import Recipe
 from imdm.recipe.writer import recipe_to_toml
 from imdm.train.checkpoint import CheckpointManager, checkpoint_step, latest_checkpoint, load_checkpoint
@@ -257,6 +258,7 @@ class Trainer:
             self._val_dataset = build_dataset(r, "validation", self.dist.is_main)
         nelbo, _ = nelbo_per_token(model, self.diffusion, self._val_dataset, r.train.micro_batch, r.train.eval_batches,
                                    self.device, r.run.seed)
+        reshard_all(model)   # the EMA update and the optimizer work on the shards
         return nelbo
 
     # -- loop ----------------------------------------------------------------------------
@@ -324,10 +326,11 @@ class Trainer:
                 if val is not None:
                     log.write({"step": self.step, "val_nelbo": val})
             periodic = r.checkpoint.every_steps and self.step % r.checkpoint.every_steps == 0
-            if self.stop_requested or periodic or self.step == r.train.steps:
+            stop = self.stop_requested   # read once: a signal arriving after the save waits for the next step
+            if stop or periodic or self.step == r.train.steps:
                 stall = self.save()
                 log.write({"step": self.step, "event": "checkpoint", "stall_s": stall})
-            if self.stop_requested:
+            if stop:
                 break
         return loss_value
 
