@@ -214,6 +214,16 @@ def test_nonfinite_step_is_skipped_at_once_and_counted_a_step_late(tmp_path, mon
     assert trainer.ema.num_updates == 2 and trainer.nonfinite.in_a_row == 0
 
 
+def test_restore_drops_the_unsettled_step(tmp_path):
+    trainer = Trainer(_tiny_recipe(tmp_path, "drop"), init_distributed("cpu"))
+    trainer.save()
+    trainer.checkpoints.wait()
+    trainer.train_step()
+    trainer.restore(latest_checkpoint(trainer.run_dir / "checkpoints"))
+    trainer.settle()
+    assert trainer.step == 0 and trainer.ema.num_updates == 0
+
+
 @pytest.mark.timeout(400)
 def test_per_block_compile_matches_eager(tmp_path):
     eager = Trainer(_tiny_recipe(tmp_path, "eager", steps=2), init_distributed("cpu"))

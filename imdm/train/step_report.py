@@ -25,6 +25,10 @@ class StepReport:
             self._event.record()
         self.step = step
 
+    def discard(self) -> None:
+        """Forget the unread report (its step's state is being replaced)."""
+        self.step = None
+
     def read(self) -> tuple[int, list[float]] | None:
         """(step, values) of the unread report, waiting only for the work queued before it; None
         when there is none."""

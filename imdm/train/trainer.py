@@ -128,7 +128,9 @@ class Trainer:
     def restore(self, path: Path) -> str:
         """Load a checkpoint; with another layout (world size, micro-batch, loader workers) the
         parameters, optimizer and EMA are resharded and the data position is rebuilt from the
-        step. A seed checkpoint (step 0) holds no optimizer or loader state."""
+        step. A seed checkpoint (step 0) holds no optimizer or loader state. An unsettled step's
+        report is dropped with the state it belonged to."""
+        self._report.discard()
         saved = load_checkpoint(path, {"progress": {"step": 0, **self._layout()}})["progress"]
         same_layout = all(saved[k] == v for k, v in self._layout().items())
         self.step = int(saved["step"])     # the state template below follows it (no optimizer at step 0)
