@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the open issues, on a 4-GPU host (device tool, kind nvidia-h100-x4;
-# phases k and b also on one GPU, nvidia-h100-x1), in consecutive calls on the warm machine. Each task runs once (a marker in /tmp/done), only if
-# the call has time left for it, so repeating a phase finishes what a call left undone. Results
+# phases k, b and h on one GPU, nvidia-h100-x1), in consecutive calls on the warm machine. Each
+# task runs once (a marker in /tmp/done), only if the call has time left for it, so repeating a phase finishes what a call left undone. Results
 # come back as one archive, $OUT/PHASE.tgz (the tool returns at most 8 files).
 #   a  synthetic reproduction (issue 6) as branches on GPUs 1-3, one GPU each, while GPU 0 runs
 #      the GPU tests and the kernel and sampling-latency benchmarks (issue 5); then, once every
@@ -146,6 +146,7 @@ c)
   task large-4gpu-base 140 bench base 4 large-4gpu-fsdp-base owt_large.toml train.global_batch=256 \
     train.micro_batch=16 parallelism.reshard_after_forward=false
   task small-4gpu-micro64 120 bench new 4 small-4gpu-micro64 owt.toml train.global_batch=512 train.micro_batch=64
+  task small-1gpu-micro64 90 bench new 1 small-1gpu-micro64 owt.toml train.global_batch=128 train.micro_batch=64
   task hsdp 300 hsdp_train_resume
   ;;
 p)
