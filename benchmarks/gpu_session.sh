@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the open issues, on a 4-GPU host (device tool, kind nvidia-h100-x4;
 # phases k, b and h on one GPU, nvidia-h100-x1), in consecutive calls on the warm machine. Each
-# task runs once (a marker in /tmp/done), only if the call has time left for it, so repeating a phase finishes what a call left undone. Results
-# come back as one archive, $OUT/PHASE.tgz (the tool returns at most 8 files).
+# task runs once (a marker in /tmp/done), only if the call has time left for it, so repeating a
+# phase finishes what a call left undone. Results come back as one archive, $OUT/PHASE.tgz (the
+# tool returns at most 8 files).
 #   a  synthetic reproduction (issue 6) as branches on GPUs 1-3, one GPU each, while GPU 0 runs
 #      the GPU tests and the kernel and sampling-latency benchmarks (issue 5); then, once every
 #      stage has finished, the synthetic evaluation
