@@ -167,10 +167,11 @@ def test_row_buckets_pad_with_repeats_of_the_first_row():
     masked[0, 4] = masked[1, 2] = masked[2, 0] = masked[2, 8] = True
     valid = torch.ones(3, 9, dtype=torch.bool)
     valid[2, 8] = False
-    rows, scored = row_indices(masked, valid, torch.device("cpu"), bucket=8)
+    rows, scored, n_masked, n_scored = row_indices(masked, valid, torch.device("cpu"), bucket=8)
+    assert (n_masked, n_scored) == (4, 3)
     assert rows[0].tolist() == [0, 1, 2, 2] + [0] * 4 and rows[1].tolist() == [4, 2, 0, 8] + [4] * 4
     assert scored[0].tolist() == [0, 1, 2] + [0] * 5 and scored[1].tolist() == [4, 2, 0] + [4] * 5
-    empty = row_indices(torch.zeros(2, 5, dtype=torch.bool), None, torch.device("cpu"), bucket=8)
+    empty = row_indices(torch.zeros(2, 5, dtype=torch.bool), None, torch.device("cpu"), bucket=8)[:2]
     assert all(r.numel() == 0 for pair in empty for r in pair)
 
 

@@ -5,6 +5,7 @@ mask state per masked position, so one class serves both."""
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 
@@ -20,23 +21,35 @@ from imdm.sampling.ancestral import SamplerSettings, SampleResult, ancestral_sam
 ROW_BUCKET_CUDA = 128
 
 
-def _padded_nonzero(mask: torch.Tensor, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, position) indices of `mask`, their count padded to a multiple of `bucket` by
-    repeating the first entry."""
+class RowIndex(NamedTuple):
+    """(batch, position) index lists on the device, each padded to a multiple of the bucket,
+    and how many of their entries are real."""
+    masked: tuple[torch.Tensor, torch.Tensor]
+    scored: tuple[torch.Tensor, torch.Tensor]
+    n_masked: int
+    n_scored: int
+
+
+def _padded_nonzero(mask: torch.Tensor, bucket: int) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
+    """((batch, position) indices of `mask`, padded to a multiple of `bucket` by repeating the
+    first entry), and the number of real entries."""
     rows = torch.nonzero(mask, as_tuple=True)
-    pad = -rows[0].numel() % bucket if rows[0].numel() else 0
-    return tuple(torch.cat([r, r[:1].expand(pad)]) for r in rows) if pad else rows
+    n = rows[0].numel()
+    pad = -n % bucket
+    return (tuple(torch.cat([r, r[:1].expand(pad)]) for r in rows) if pad else rows), n
 
 
 def row_indices(masked: torch.Tensor, valid: torch.Tensor | None, device: torch.device, bucket: int = 1
-                ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """(batch, position) indices on `device` of the masked positions, and of those also valid
-    (the scored ones), from host masks: no device sync. With `bucket` > 1 each list is padded to
-    a multiple of it (repeating its first entry), so the matmuls over these rows see a few
-    shapes again and again: cuBLAS picks its kernel per shape, on the host, for up to tens of
-    milliseconds (seen in an H100 trace). Padding rows must get zero weight."""
+                ) -> RowIndex:
+    """Indices on `device` of the masked positions, and of those also valid (the scored ones),
+    from host masks: no device sync. With `bucket` > 1 each list is padded to a multiple of it
+    (repeating its first entry), so the matmuls over these rows see a few shapes again and
+    again: cuBLAS picks its kernel per shape, on the host, for up to tens of milliseconds (seen
+    in an H100 trace). Padding rows must get zero weight."""
     scored = masked if valid is None else masked & valid.cpu()
-    return tuple(tuple(host_to_device(i, device) for i in _padded_nonzero(m, bucket)) for m in (masked, scored))
+    (masked_rows, n_masked), (scored_rows, n_scored) = (_padded_nonzero(m, bucket) for m in (masked, scored))
+    to_device = functools.partial(host_to_device, device=device)
+    return RowIndex(tuple(map(to_device, masked_rows)), tuple(map(to_device, scored_rows)), n_masked, n_scored)
 
 
 class MaskedDiffusion:
@@ -94,9 +107,7 @@ class MaskedDiffusion:
         `valid`), eps from `noise_seeds` [B] at generation 0. z and targets [B, L] on the model's
         device; t float32 [B], noise_seeds, masked and valid on the host."""
         device = z.device
-        masked_rows, scored_rows = row_indices(masked, valid, device, self.row_bucket)
-        n_masked = int(masked.sum())
-        n_scored = n_masked if valid is None else int((masked & valid.cpu()).sum())
+        masked_rows, scored_rows, n_masked, n_scored = row_indices(masked, valid, device, self.row_bucket)
         t = host_to_device(t, device)
         noise = None
         if model.mask_state is not None:

@@ -100,7 +100,8 @@ class Distillation:
         seed = self.base.seed if seed is None else seed
         device, seq_len = x0.device, x0.shape[1]
         t, seeds, masked = self._draws(seed, step, global_index, global_batch, seq_len)
-        rows, scored_rows = row_indices(masked, valid, device)
+        row_index = row_indices(masked, valid, device)
+        rows, scored_rows = row_index.masked, row_index.scored
         to_device = functools.partial(host_to_device, device=device)
         seeds_dev = to_device(seeds)
         z = apply_mask(x0, to_device(masked), self.mask_id)
