@@ -17,15 +17,23 @@
 #      synchronised every step, with parameters kept to backward), with their 1-GPU baselines in
 #      the same call; HSDP as 2 rendezvous "nodes" x 2 GPUs trains, then resumes
 #   p  profiles (op tables, Chrome traces) of the small model on 1 and 4 GPUs, large on 4
-# Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, torchdata) and .bench/
+#   x  one GPU: Inductor settings (multi-kernel reductions, coordinate-descent tuning) and the
+#      recipes' own global batch of 512, against the default, large and small
+#   s  FSDP over 4 GPUs against 1 GPU at the recipes' own global batch (512), and at the per-GPU
+#      batch of phase c (large: 64 per GPU); then the 4-GPU runs of the wheel in .whl/prev
+#   v  one GPU: the GPU tests, then small and large against the wheel in .whl/prev (BASE_SHA names
+#      it), then a profile of the large model
+# Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
+# torchdata) and .bench/
 # (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|v NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-for v in new base; do
+for w in .whl/*/; do
+  v=$(basename "$w")
   [ -d /tmp/$v/imdm ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/$v \
-    .whl/$v/*.whl .whl/torchdata-*.whl || exit 1
+    "$w"*.whl .whl/torchdata-*.whl || exit 1
 done
 REPO=$PWD WORK=/tmp/work SYN=/tmp/syn DONE=/tmp/done
 rm -rf $WORK; mkdir -p $WORK $SYN $DONE; cp -r benchmarks tests recipes pyproject.toml $WORK; cd $WORK
@@ -41,12 +49,12 @@ task() {  # task NAME SECONDS COMMAND...: run once, under `timeout SECONDS`, if 
   "$@" && touch $DONE/$name || echo "$name: FAILED or timed out (log in \$OUT)"
 }
 bench() {  # bench WHEEL NPROC LABEL RECIPE overrides...  (under task: timeout $T); 6 warm-up steps see most
-           # of the loss row-count buckets, each a new cuBLAS shape the first time
+           # of the loss row-count buckets, each a new cuBLAS shape the first time ($WARMUP, $STEPS override)
   local v=$1 n=$2 label=$3 recipe=$4; shift 4
-  local sha=$NEW_SHA launch=python3; [ "$v" = base ] && sha=$BASE_SHA
+  local sha=$NEW_SHA launch=python3; [ "$v" = new ] || sha=$BASE_SHA
   [ "$n" = 1 ] || launch="python3 -m torch.distributed.run --standalone --nproc_per_node=$n"
   CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((n - 1))) PYTHONPATH=/tmp/$v IMDM_GIT_SHA=$sha timeout "$T" $launch \
-    benchmarks/train_throughput.py --warmup 6 --steps 12 --results-dir "$OUT" --label "$label" \
+    benchmarks/train_throughput.py --warmup "${WARMUP:-6}" --steps "${STEPS:-12}" --results-dir "$OUT" --label "$label" \
     --recipe "$REPO/recipes/$recipe" "$@" $DATA > "$OUT/bench_$label.log" 2>&1
   grep -E "tokens/s|Error" "$OUT/bench_$label.log" | tail -2; grep -q "tokens/s" "$OUT/bench_$label.log"
 }
@@ -149,6 +157,34 @@ c)
   task small-4gpu-micro64 120 bench new 4 small-4gpu-micro64 owt.toml train.global_batch=512 train.micro_batch=64
   task small-1gpu-micro64 90 bench new 1 small-1gpu-micro64 owt.toml train.global_batch=128 train.micro_batch=64
   task hsdp 300 hsdp_train_resume
+  ;;
+x)
+  G64="train.global_batch=64 train.micro_batch=16" G128="train.global_batch=128 train.micro_batch=32"
+  task large-default 100 bench new 1 large-default owt_large.toml $G64
+  TORCHINDUCTOR_MULTI_KERNEL=1 task large-multikernel 120 bench new 1 large-multikernel owt_large.toml $G64
+  TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 task large-cdtuning 150 bench new 1 large-cdtuning owt_large.toml $G64
+  WARMUP=2 STEPS=4 task large-batch512 120 bench new 1 large-batch512 owt_large.toml train.global_batch=512
+  task small-default 90 bench new 1 small-default owt.toml $G128
+  TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 task small-cdtuning 120 bench new 1 small-cdtuning owt.toml $G128
+  WARMUP=3 STEPS=6 task small-batch512 100 bench new 1 small-batch512 owt.toml train.global_batch=512
+  ;;
+s)
+  WARMUP=3 STEPS=6 task small-1gpu-g512 100 bench new 1 small-1gpu-g512 owt.toml
+  WARMUP=3 STEPS=8 task small-4gpu-g512 120 bench new 4 small-4gpu-g512 owt.toml
+  WARMUP=2 STEPS=4 task large-1gpu-g512 120 bench new 1 large-1gpu-g512 owt_large.toml
+  WARMUP=3 STEPS=8 task large-4gpu-g512 140 bench new 4 large-4gpu-g512 owt_large.toml
+  task large-1gpu-g64 100 bench new 1 large-1gpu-g64 owt_large.toml train.global_batch=64
+  task large-4gpu-g256 140 bench new 4 large-4gpu-g256 owt_large.toml train.global_batch=256
+  WARMUP=3 STEPS=8 task small-4gpu-g512-prev 120 bench prev 4 small-4gpu-g512-prev owt.toml
+  task large-4gpu-g256-prev 140 bench prev 4 large-4gpu-g256-prev owt_large.toml train.global_batch=256
+  ;;
+v)
+  task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
+  task small-new 90 bench new 1 small-new owt.toml train.global_batch=128 train.micro_batch=32
+  task small-prev 90 bench prev 1 small-prev owt.toml train.global_batch=128 train.micro_batch=32
+  task large-new 100 bench new 1 large-new owt_large.toml train.global_batch=64 train.micro_batch=16
+  task prof-large-1gpu 150 bench new 1 large-1gpu-profile owt_large.toml --profile 1 --trace "$OUT/large1.json" \
+    train.global_batch=64 train.micro_batch=16
   ;;
 p)
   task prof-small-1gpu 150 bench new 1 small-1gpu-profile owt.toml --profile 2 --trace "$OUT/small1.json" train.global_batch=128 train.micro_batch=32

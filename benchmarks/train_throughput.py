@@ -8,6 +8,7 @@ optionally the loop's stall for an asynchronous checkpoint. Launch with torchrun
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -108,7 +109,8 @@ def main() -> None:
               "activation_checkpointing": recipe.parallelism.activation_checkpointing,
               "replicate": recipe.parallelism.replicate, "data_source": recipe.data.source,
               "num_workers": recipe.data.num_workers, "dims": [d, b, h], "label": args.label,
-              "overrides": args.overrides, "timed_steps": args.steps}
+              "overrides": args.overrides, "timed_steps": args.steps,
+              "inductor_env": {k: v for k, v in os.environ.items() if k.startswith("TORCHINDUCTOR_")}}
     if args.profile:
         metrics["profile_table"] = _profile(trainer, args.profile, dist.is_main, args.trace)
     if dist.is_main:
