@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the open issues, on a 4-GPU host (device tool, kind nvidia-h100-x4;
-# phases k, b and h on one GPU, nvidia-h100-x1), in consecutive calls on the warm machine. Each
-# task runs once (a marker in /tmp/done), only if the call has time left for it, so repeating a
-# phase finishes what a call left undone. Results come back as one archive, $OUT/PHASE.tgz (the
-# tool returns at most 8 files).
+# Every GPU measurement of the open issues, on a 4-GPU host (device tool, kind nvidia-h100-x4 or
+# nvidia-h200-x4; phases k, b, h, x and v on one GPU, phase e on eight), in consecutive calls on
+# the warm machine. Each task runs once (a marker in /tmp/done), only if the call has time left
+# for it, so repeating a phase finishes what a call left undone. Results come back as one
+# archive, $OUT/PHASE.tgz (the tool returns at most 8 files).
 #   a  synthetic reproduction (issue 6) as branches on GPUs 1-3, one GPU each, while GPU 0 runs
 #      the GPU tests and the kernel and sampling-latency benchmarks (issue 5); then, once every
 #      stage has finished, the synthetic evaluation
@@ -21,12 +21,14 @@
 #      recipes' own global batch of 512, against the default, large and small
 #   s  FSDP over 4 GPUs against 1 GPU at the recipes' own global batch (512), and at the per-GPU
 #      batch of phase c (large: 64 per GPU); then the 4-GPU runs of the wheel in .whl/prev
+#   e  8 GPUs (issue 7), large model: 1-GPU baselines, FSDP over 8 and HSDP 2 x 4 (with the
+#      asynchronous-checkpoint stall), a rank killed and resumed (benchmarks/kill_resume.py), then
+#      HSDP as two rendezvous "nodes" of 4 GPUs trains and resumes
 #   v  one GPU: the GPU tests, then small and large against the wheel in .whl/prev (BASE_SHA names
 #      it), then a profile of the large model
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
-# torchdata) and .bench/
-# (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|v NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# torchdata) and .bench/ (GPT-2 files, local-corpus token store).
+# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|x|s|e|v NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -63,17 +65,24 @@ gpu0() {  # gpu0 LOG COMMAND...: on GPU 0, under timeout $T, output to $OUT/LOG 
   CUDA_VISIBLE_DEVICES=0 new timeout "$T" "$@" > "$OUT/$log" 2>&1; local rc=$?
   tail -4 "$OUT/$log"; return $rc
 }
+gpu_all() {  # gpu_all LOG COMMAND...: on every GPU, under timeout $T, output to $OUT/LOG and its tail here
+  local log=$1; shift
+  new timeout "$T" "$@" > "$OUT/$log" 2>&1; local rc=$?
+  tail -4 "$OUT/$log"; return $rc
+}
 branch() {  # branch GPU PART: run part PART of the GPU synthetic pipeline on one GPU
   [ -e $SYN/$2.done ] && return
   (cd $SYN && export CUDA_VISIBLE_DEVICES=$1 && new python3 -m imdm pipeline "p_$2.toml") >> "$OUT/syn_$2.log" 2>&1 \
     && touch $SYN/$2.done
 }
-hsdp() {  # two rendezvous "nodes" of 2 GPUs, large model, HSDP replicate=2, to step $1
+hsdp() {  # hsdp STEPS [GPUS_PER_NODE, default 2]: two rendezvous "nodes", large model, HSDP replicate=2,
+          # 16 sequences per GPU and step, to step STEPS
+  local per=${2:-2}
   for node in 0 1; do
-    CUDA_VISIBLE_DEVICES=$((2 * node)),$((2 * node + 1)) new timeout 150 python3 -m torch.distributed.run --nnodes=2 \
-      --node_rank=$node --nproc_per_node=2 --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:29611 --rdzv_id=hsdp$1 \
-      -m imdm train "$REPO/recipes/owt_large.toml" $DATA parallelism.replicate=2 parallelism.compile=off \
-      train.global_batch=64 train.micro_batch=16 train.steps=$1 checkpoint.every_steps=2 logging.every_steps=1 \
+    CUDA_VISIBLE_DEVICES=$(seq -s, $((per * node)) $((per * node + per - 1))) new timeout 150 python3 -m torch.distributed.run \
+      --nnodes=2 --node_rank=$node --nproc_per_node=$per --rdzv_backend=c10d --rdzv_endpoint=127.0.0.1:29611 \
+      --rdzv_id=hsdp$1 -m imdm train "$REPO/recipes/owt_large.toml" $DATA parallelism.replicate=2 parallelism.compile=off \
+      train.global_batch=$((32 * per)) train.micro_batch=16 train.steps=$1 checkpoint.every_steps=2 logging.every_steps=1 \
       logging.progress=false run.output_dir=/tmp/hsdp train.eval_batches=1 > "$OUT/hsdp_${1}_node$node.log" 2>&1 &
   done
   wait
@@ -96,8 +105,8 @@ baseline_runs() {  # one GPU, the pre-kernel wheel
 micro64_run() {  # one GPU, the small model in micro-batches of 64
   task small-micro64 150 bench new 1 small-micro64 owt.toml train.global_batch=128 train.micro_batch=64
 }
-hsdp_train_resume() {
-  rm -rf /tmp/hsdp; hsdp 3; hsdp 5
+hsdp_train_resume() {  # [GPUS_PER_NODE]
+  rm -rf /tmp/hsdp; hsdp 3 "${1:-2}"; hsdp 5 "${1:-2}"
   grep -h '"loss"\|event' /tmp/hsdp/*/metrics.jsonl | cut -c1-200 | tee "$OUT/hsdp_metrics.txt"
   ls /tmp/hsdp/*/checkpoints | tee -a "$OUT/hsdp_metrics.txt"
   grep -q '"step": 5' /tmp/hsdp/*/metrics.jsonl
@@ -177,6 +186,17 @@ s)
   task large-4gpu-g256 140 bench new 4 large-4gpu-g256 owt_large.toml train.global_batch=256
   WARMUP=3 STEPS=8 task small-4gpu-g512-prev 120 bench prev 4 small-4gpu-g512-prev owt.toml
   task large-4gpu-g256-prev 140 bench prev 4 large-4gpu-g256-prev owt_large.toml train.global_batch=256
+  ;;
+e)
+  WARMUP=2 STEPS=4 task large-1gpu-g512 120 bench new 1 large-1gpu-g512 owt_large.toml
+  task large-1gpu-g64 100 bench new 1 large-1gpu-g64 owt_large.toml train.global_batch=64
+  WARMUP=3 STEPS=8 task large-8gpu-fsdp 180 bench new 8 large-8gpu-fsdp owt_large.toml --checkpoint-stall
+  WARMUP=3 STEPS=8 task large-8gpu-hsdp 180 bench new 8 large-8gpu-hsdp-2x4 owt_large.toml --checkpoint-stall \
+    parallelism.replicate=2
+  task kill-resume 420 gpu_all kill_resume.log python3 benchmarks/kill_resume.py --recipe "$REPO/recipes/owt_large.toml" \
+    --nproc 8 --fail-step 5 --fail-rank 3 --label large-8gpu-fsdp --results-dir "$OUT" --work-dir /tmp/kill_resume $DATA \
+    train.steps=8 checkpoint.every_steps=2 train.global_batch=128 train.micro_batch=16 train.eval_batches=1
+  task hsdp 300 hsdp_train_resume 4
   ;;
 v)
   task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests

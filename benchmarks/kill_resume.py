@@ -1,0 +1,92 @@
+"""Kill and resume: train a recipe twice under torchrun, once straight and once with one rank
+killed at a step (IMDM_FAIL_AT_STEP) and restarted by torchrun (--max-restarts=1), then compare
+the two loss curves step by step. The killed run must resume from its newest complete
+checkpoint and continue the straight run's curve (bit for bit where the kernels are
+deterministic, as on CPU).
+
+    python benchmarks/kill_resume.py --recipe recipes/owt_large.toml --nproc 8 --fail-step 5 \\
+        --fail-rank 3 train.steps=8 checkpoint.every_steps=2 [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.results_io import write_result  # noqa: E402
+
+
+def launch(recipe: str, nproc: int, overrides: list[str], env: dict, log: Path) -> float:
+    """One `imdm train` under torchrun (one restart allowed); returns its wall time in seconds."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--max-restarts=1",
+           f"--nproc_per_node={nproc}", "-m", "imdm", "train", recipe, *overrides]
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        raise SystemExit(f"training exited with {code}; its output is in {log}")
+    return time.perf_counter() - start
+
+
+def curve(run_dir: Path) -> tuple[dict[int, float], list[str]]:
+    """Loss per step (a step logged again after a restart keeps its last value) and the resume
+    events, from the run's metrics.jsonl."""
+    losses, resumes = {}, []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            losses[record["step"]] = record["loss"]
+        elif str(record.get("event", "")).startswith("resumed from"):
+            resumes.append(record["event"])
+    return losses, resumes
+
+
+def compare(straight: dict[int, float], killed: dict[int, float]) -> dict:
+    """Steps both curves hold, whether they agree bit for bit, and the largest loss difference."""
+    steps = sorted(set(straight) & set(killed))
+    diffs = [abs(straight[s] - killed[s]) for s in steps]
+    return {"steps_compared": len(steps), "steps_missing": sorted(set(straight) ^ set(killed)),
+            "bit_equal": all(straight[s] == killed[s] for s in steps), "max_abs_loss_diff": max(diffs, default=0.0)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", required=True)
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--fail-step", type=int, required=True, help="the step at whose start the rank is killed")
+    parser.add_argument("--fail-rank", type=int, default=0)
+    parser.add_argument("--label", default="")
+    parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--work-dir", default=None, help="where the two runs and their logs go (default: a temporary folder)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="imdm-kill-resume-"))
+    work.mkdir(parents=True, exist_ok=True)
+    base = [*args.overrides, f"run.output_dir={work}", "logging.every_steps=1", "logging.progress=false"]
+    env = {k: v for k, v in os.environ.items() if k != "IMDM_FAIL_AT_STEP"}
+    straight_s = launch(args.recipe, args.nproc, [*base, "run.name=straight"], env, work / "straight.log")
+    killed_env = {**env, "IMDM_FAIL_AT_STEP": f"{args.fail_step}:{args.fail_rank}"}
+    killed_s = launch(args.recipe, args.nproc, [*base, "run.name=killed"], killed_env, work / "killed.log")
+    straight, _ = curve(work / "straight")
+    killed, resumes = curve(work / "killed")
+    metrics = {**compare(straight, killed), "resumes": resumes, "straight_wall_s": straight_s, "killed_wall_s": killed_s,
+               "losses_straight": [straight[s] for s in sorted(straight)], "losses_killed": [killed[s] for s in sorted(killed)]}
+    config = {"nproc": args.nproc, "fail_step": args.fail_step, "fail_rank": args.fail_rank, "label": args.label,
+              "overrides": args.overrides}
+    path = write_result("kill_resume", args.recipe, config, metrics, world_size=args.nproc, out_dir=args.results_dir)
+    print(f"{args.label or 'kill_resume'}: {resumes or 'NO RESUME'}; {metrics['steps_compared']} steps compared, "
+          f"bit equal {metrics['bit_equal']}, max |loss diff| {metrics['max_abs_loss_diff']:.3g} -> {path}")
+    if len(resumes) != 1 or metrics["steps_missing"]:
+        raise SystemExit("the killed run did not resume exactly once, or the curves cover different steps")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""benchmarks/kill_resume.py: reading a restarted run's loss curve and comparing two curves."""
+
+import json
+
+from benchmarks.kill_resume import compare, curve
+
+
+def _write(run_dir, records):
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_curve_keeps_the_resumed_attempt_of_a_relogged_step(tmp_path):
+    _write(tmp_path / "run", [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5}, {"step": 3, "loss": 9.0},
+                              {"step": 2, "event": "resumed from step_00000002"}, {"step": 3, "loss": 2.25},
+                              {"step": 3, "event": "checkpoint", "stall_s": 0.1}])
+    losses, resumes = curve(tmp_path / "run")
+    assert losses == {1: 3.0, 2: 2.5, 3: 2.25}
+    assert resumes == ["resumed from step_00000002"]
+
+
+def test_compare_reports_differences_and_missing_steps():
+    same = compare({1: 3.0, 2: 2.5}, {1: 3.0, 2: 2.5})
+    assert same["bit_equal"] and same["max_abs_loss_diff"] == 0.0 and same["steps_missing"] == []
+    off = compare({1: 3.0, 2: 2.5, 3: 2.0}, {1: 3.0, 2: 2.5 + 1e-6})
+    assert not off["bit_equal"]
+    assert abs(off["max_abs_loss_diff"] - 1e-6) < 1e-9
+    assert off["steps_compared"] == 2 and off["steps_missing"] == [3]
