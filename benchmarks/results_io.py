@@ -58,5 +58,7 @@ def write_result(benchmark: str, recipe: str, config: dict, metrics: dict, world
     folder.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"{stamp}-{_short_device(device)}-{sha[:8]}.json"
-    path.write_text(json.dumps(record, indent=1))
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record, indent=1))
+    os.replace(partial, path)   # a result is whole or absent
     return path
