@@ -142,9 +142,59 @@ def test_teacher_targets_by_hand():
     assert out.logits[:, :4].argmax(-1).tolist() == torch.where(first, torch.arange(3), 2 - torch.arange(3)).tolist()
 
 
+def test_teacher_padding_rows_never_enter_the_second_call():
+    """Rows padded to a bucket repeat the first row; were a repeat to draw another token (the
+    fake teacher makes it), that draw must not reach z for the second call."""
+    m, schedule = 4, LogLinearSchedule(1e-3)
+    z = torch.tensor([[m, m, 2]])
+    rows = tuple(torch.cat([r, r[:1]]) for r in torch.nonzero(z == m, as_tuple=True))   # (0,0) (0,1) (0,0)
+    calls = []
+
+    def denoise(z_k, t_k):
+        calls.append(z_k.clone())
+        logits = torch.full((3, 5), -40.0)
+        logits[torch.arange(3), torch.tensor([0, 1, 3])] = 0.0
+        return logits
+
+    out = teacher_targets(denoise, z, rows, torch.tensor([101]), torch.tensor([1.0], dtype=torch.float64), 1.0,
+                          schedule, m, n_real=2)
+    assert out.first_step.tolist() == [True, True, True]
+    assert calls[1].tolist() == [[0, 1, 2]]
+
+
 def _distillation(student, rounds=Rounds(2, 8), kind="kl_bwd"):
     base = MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5)
     return Distillation(base, copy.deepcopy(student), rounds, kind)
+
+
+@pytest.mark.parametrize("algo", ["imdm", "mdlm"])
+def test_row_buckets_leave_the_sdtt_loss_and_gradients_unchanged(algo):
+    """Row lists padded to buckets (as on CUDA) give the same loss and student gradients:
+    padding rows are neither scored nor drawn into the teacher's second step."""
+    student = _tiny_model(algo, perturb=0.2, dropout=0.0)
+    teacher = copy.deepcopy(student)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():   # a teacher that disagrees with the student on every row
+        for p in teacher.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    x0, index = torch.randint(0, V, (8, L)), torch.arange(8)
+    valid = torch.ones(8, L, dtype=torch.bool)
+    valid[2, 3:] = valid[5, 1:] = False
+    results = []
+    for bucket in (1, 16, 7):
+        base = MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5, row_bucket=bucket)
+        distill = Distillation(base, copy.deepcopy(teacher), Rounds(2, 4))
+        student.zero_grad()
+        loss = distill.loss(student, x0, index, 8, step=1, valid=valid)
+        loss.backward()
+        results.append([loss.detach()] + [p.grad.clone() for p in student.parameters() if p.grad is not None])
+    _, _, masked = base.draws(5, 1, index, 8, L)
+    assert int((masked & valid).sum()) % 16 and int(masked.sum()) % 7   # both buckets pad
+    assert results[0][0] > 0
+    for other in results[1:]:
+        assert len(other) == len(results[0])
+        for a, b in zip(other, results[0]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("num_masks", [0, 3])

@@ -100,7 +100,7 @@ class Distillation:
         seed = self.base.seed if seed is None else seed
         device, seq_len = x0.device, x0.shape[1]
         t, seeds, masked = self._draws(seed, step, global_index, global_batch, seq_len)
-        row_index = row_indices(masked, valid, device)
+        row_index = row_indices(masked, valid, device, self.base.row_bucket)
         rows, scored_rows = row_index.masked, row_index.scored
         to_device = functools.partial(host_to_device, device=device)
         seeds_dev = to_device(seeds)
@@ -112,12 +112,15 @@ class Distillation:
 
         posterior = "mdlm" if noise is None else "imdm"
         targets = teacher_targets(denoise, z, rows, seeds_dev, t.double(), self.rounds.dt(step), self.schedule,
-                                  self.mask_id, posterior).logits
-        if valid is not None:
-            targets = targets.index_select(0, to_device(torch.nonzero(valid.cpu()[masked]).squeeze(1)))
+                                  self.mask_id, posterior, row_index.n_masked).logits
+        if valid is not None:   # the scored rows among the masked ones, padded as scored_rows is
+            kept = torch.nonzero(valid.cpu()[masked]).squeeze(1)
+            kept = torch.cat([kept, kept[:1].expand(scored_rows[0].numel() - kept.numel())])
+            targets = targets.index_select(0, to_device(kept))
         logits = model(z, None if noise is None else noise[rows], self.schedule.sigma(to_device(t)),
-                       select=scored_rows, noise_index=rows)
-        return divergence(logits, targets, self.mask_id, self.kind).sum()
+                       select=scored_rows, noise_index=tuple(r[: row_index.n_masked] for r in rows))
+        per_row = divergence(logits, targets, self.mask_id, self.kind)
+        return per_row[: row_index.n_scored].sum()   # padding rows (the base's row_bucket) score nothing
 
     def state_dict(self) -> dict:
         return {"teacher": {n: p.detach() for n, p in named_parameters(self.teacher).items()},

@@ -47,9 +47,10 @@ def first_step_weights(schedule, t: torch.Tensor, dt: float, posterior: str) -> 
 @torch.no_grad()
 def teacher_targets(denoise: Denoiser, z: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor],
                     seeds: torch.Tensor, t: torch.Tensor, dt: float, schedule, mask_id: int,
-                    posterior: str = "mdlm") -> TeacherTargets:
+                    posterior: str = "mdlm", n_real: int | None = None) -> TeacherTargets:
     """Targets at the M rows = (batch_idx, pos_idx) masked in z [B, L]. `seeds` [B] (on z's
-    device) fix the draws; `t` [B] float64 on the host."""
+    device) fix the draws; `t` [B] float64 on the host. With `n_real`, rows beyond the first
+    n_real are padding (repeats): they get targets, but their draws never enter z."""
     t0, t1 = step_times(t, dt)
     unmask, stay = (host_to_device(w, z.device) for w in first_step_weights(schedule, t, dt, posterior))
     first = denoise(z, t0)
@@ -58,5 +59,6 @@ def teacher_targets(denoise: Denoiser, z: torch.Tensor, rows: tuple[torch.Tensor
     u = rng.uniform53(seeds[rows[0]], rows[1], rng.STREAM_TEACHER)
     choice = categorical_from_uniform(w, u)
     unmasked = choice != mask_id
-    second = denoise(z.index_put(rows, choice), t1)
+    real = slice(n_real)
+    second = denoise(z.index_put(tuple(r[real] for r in rows), choice[real]), t1)
     return TeacherTargets(torch.where(unmasked[:, None], first, second), unmasked)
