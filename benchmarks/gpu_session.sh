@@ -32,8 +32,9 @@
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-for w in .whl/*/; do
+for w in .whl/*/; do   # every folder holding a wheel: new, base, prev
   v=$(basename "$w")
+  ls "$w"*.whl > /dev/null 2>&1 || continue
   [ -d /tmp/$v/imdm ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/$v \
     "$w"*.whl .whl/torchdata-*.whl || exit 1
 done
@@ -193,9 +194,11 @@ e)
   WARMUP=3 STEPS=8 task large-8gpu-fsdp 180 bench new 8 large-8gpu-fsdp owt_large.toml --checkpoint-stall
   WARMUP=3 STEPS=8 task large-8gpu-hsdp 180 bench new 8 large-8gpu-hsdp-2x4 owt_large.toml --checkpoint-stall \
     parallelism.replicate=2
+  rm -rf /tmp/kill_resume   # a retry starts both runs afresh
   task kill-resume 420 gpu_all kill_resume.log python3 benchmarks/kill_resume.py --recipe "$REPO/recipes/owt_large.toml" \
-    --nproc 8 --fail-step 5 --fail-rank 3 --label large-8gpu-fsdp --results-dir "$OUT" --work-dir /tmp/kill_resume $DATA \
-    train.steps=8 checkpoint.every_steps=2 train.global_batch=128 train.micro_batch=16 train.eval_batches=1
+    --nproc 8 --fail-step 5 --fail-rank 3 --max-loss-diff 1e-3 --label large-8gpu-fsdp --results-dir "$OUT" \
+    --work-dir /tmp/kill_resume $DATA train.steps=8 checkpoint.every_steps=2 train.global_batch=128 train.micro_batch=16 \
+    train.eval_batches=1
   task hsdp 300 hsdp_train_resume 4
   ;;
 v)
