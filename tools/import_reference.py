@@ -1,0 +1,174 @@
+"""Import a reference checkpoint as a run directory of this project. Reference checkpoints are
+PyTorch Lightning files of kuleshov-group/mdlm, jdeschena/sdtt and Ugness/IMDM (SPEC section
+10): the DiT's weights under `backbone.` in `state_dict`, the EMA shadows as a positional list
+under `ema`. The recipe names the architecture and the tokenizer (its vocabulary must match the
+checkpoint's); the run directory run.output_dir/run.name gets the recipe and one checkpoint with
+the weights and the EMA, ready for `imdm sample`, `imdm eval` and `init.from_run` (it holds no
+optimizer state, so it is not a run to resume training from).
+
+    python -m imdm.tools.import_reference CKPT --recipe RECIPE [--trust-pickle] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+from pathlib import Path
+
+import torch
+
+from imdm.build import build_model, build_vocabulary
+from imdm.models.dit import DiTConfig
+from imdm.recipe.errors import RecipeError
+from imdm.recipe.loader import load_recipe
+from imdm.recipe.writer import recipe_to_toml
+from imdm.tools.atomic_folder import atomic_folder
+from imdm.train.checkpoint import CheckpointError, CheckpointManager
+from imdm.train.ema import EMA, named_parameters
+
+PREFIX = "backbone."
+REFERENCE_BUFFERS = {"rotary_emb.inv_freq"}
+BLOCK_NAMES = {"norm1.weight": "norm1.weight", "attn_qkv.weight": "attn.qkv.weight", "attn_out.weight": "attn.out.weight",
+               "norm2.weight": "norm2.weight", "mlp.0.weight": "mlp.0.weight", "mlp.0.bias": "mlp.0.bias",
+               "mlp.2.weight": "mlp.2.weight", "mlp.2.bias": "mlp.2.bias", "adaLN_modulation.weight": "adaLN.weight",
+               "adaLN_modulation.bias": "adaLN.bias"}
+HEAD_NAMES = {"output_layer.norm_final.weight": "head.norm.weight", "output_layer.linear.weight": "head.linear.weight",
+              "output_layer.linear.bias": "head.linear.bias", "output_layer.adaLN_modulation.weight": "head.adaLN.weight",
+              "output_layer.adaLN_modulation.bias": "head.adaLN.bias"}
+
+
+def reference_names(cfg: DiTConfig) -> dict[str, str]:
+    """Reference parameter name (without `backbone.`) -> this project's DiT parameter name."""
+    names = {"vocab_embed.embedding": "token_embed"}
+    ms = cfg.mask_state
+    if ms is not None and ms.num_masks > 0:
+        names["vocab_embed.imdm_mlp.weight"] = "mask_state.table"
+    elif ms is not None:
+        if ms.kind == "learnable":
+            names.update({"vocab_embed.learnable_noise_mu": "mask_state.mu",
+                          "vocab_embed.learnable_noise_sigma": "mask_state.sigma"})
+        names.update({"vocab_embed.imdm_mlp.0.weight": "mask_state.fc1.weight",
+                      "vocab_embed.imdm_mlp.0.bias": "mask_state.fc1.bias",
+                      "vocab_embed.imdm_mlp.2.weight": "mask_state.fc2.weight"})
+    for i in (0, 2):
+        for kind in ("weight", "bias"):
+            names[f"sigma_map.mlp.{i}.{kind}"] = f"time_embed.mlp.{i}.{kind}"
+    for b in range(cfg.n_blocks):
+        names.update({f"blocks.{b}.{ref}": f"blocks.{b}.{ours}" for ref, ours in BLOCK_NAMES.items()})
+    names.update(HEAD_NAMES)
+    return names
+
+
+def read_reference(path: Path, trust_pickle: bool) -> dict:
+    """The checkpoint file as a dict; refuses arbitrary pickled objects unless `trust_pickle`. A
+    .safetensors file (a hub export of the weights) gives weights only, no EMA."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return {"state_dict": load_file(str(path))}
+        except SafetensorError as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path} holds Python objects beyond tensors (Lightning stores its hyper-parameters "
+                              f"so); if the file comes from a source you trust, pass --trust-pickle "
+                              f"({str(err).strip().splitlines()[0]})") from None
+    except Exception as err:   # truncated or not a PyTorch file
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from None
+
+
+def _fit(name: str, value: torch.Tensor, target: torch.Tensor, cfg: DiTConfig) -> torch.Tensor:
+    """`value` as the float32 tensor for parameter `name`: the head's rows are padded with zeros
+    up to the padded vocabulary; the learnable noise's [1, 1, D] becomes [D]."""
+    value = value.detach().float()
+    if name.startswith("head.linear.") and value.shape[0] == cfg.vocab_size < target.shape[0]:
+        value = torch.cat([value, value.new_zeros((target.shape[0] - cfg.vocab_size, *value.shape[1:]))])
+    if name in ("mask_state.mu", "mask_state.sigma"):
+        value = value.reshape(-1)
+    if value.shape != target.shape:
+        raise CheckpointError(f"{name}: the checkpoint's tensor has shape {tuple(value.shape)}, this recipe's model "
+                              f"{tuple(target.shape)}: the recipe's model size, noise_dim or num_masks differ")
+    return value
+
+
+def convert(reference: dict, cfg: DiTConfig, targets: dict[str, torch.Tensor]) -> tuple[dict, dict | None, int]:
+    """(model weights, EMA weights or None, EMA update count) in this project's names."""
+    state = reference.get("state_dict", reference)
+    weights = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)} or dict(state)
+    rows = weights.get("vocab_embed.embedding")
+    if rows is not None and rows.shape[0] != cfg.vocab_size:
+        raise CheckpointError(f"the checkpoint has a vocabulary of {rows.shape[0]} (mask included); this recipe's "
+                              f"tokenizer gives {cfg.vocab_size} (mask id {cfg.mask_id})")
+    names = reference_names(cfg)
+    missing = sorted(set(names) - set(weights))
+    unexpected = sorted(set(weights) - set(names) - REFERENCE_BUFFERS)
+    if missing or unexpected:
+        raise CheckpointError(f"the checkpoint does not fit this recipe's model: missing {missing[:6]}, unexpected "
+                              f"{unexpected[:6]} (is algorithm.name, noise_kind or num_masks the reference's?)")
+    model = {names[k]: _fit(names[k], v, targets[names[k]], cfg) for k, v in weights.items() if k in names}
+    shadows = reference.get("ema", {}).get("shadow_params") if isinstance(reference.get("ema"), dict) else None
+    if shadows is None:
+        return model, None, 0
+    order = [k for k in weights if k in names]   # the reference's parameters() order
+    if cfg.mask_state is not None and cfg.mask_state.num_masks == 1:   # a frozen all-zero table has no shadow
+        order.remove("vocab_embed.imdm_mlp.weight")
+    if len(shadows) != len(order):
+        raise CheckpointError(f"the checkpoint's EMA holds {len(shadows)} tensors; its model has {len(order)} "
+                              f"trainable parameters")
+    ema = {**model, **{names[k]: _fit(names[k], s, targets[names[k]], cfg) for k, s in zip(order, shadows)}}
+    return model, ema, int(reference["ema"].get("num_updates") or 0)
+
+
+def import_reference(path: Path, recipe, trust_pickle: bool = False) -> Path:
+    """Write run.output_dir/run.name from the reference checkpoint at `path`; returns the run
+    directory. Refuses an existing one; an interrupted import leaves no run directory."""
+    run_dir = Path(recipe.run.output_dir) / recipe.run.name
+    if run_dir.exists():
+        raise CheckpointError(f"{run_dir} exists already; choose another run.name")
+    reference = read_reference(path, trust_pickle)
+    vocab = build_vocabulary(recipe)
+    model = build_model(recipe, vocab.model_vocab, vocab.mask_id, "cpu")
+    targets = named_parameters(model)
+    weights, ema_weights, updates = convert(reference, model.cfg, targets)
+    if ema_weights is None:
+        print(f"note: {path} has no EMA; the run's EMA is a copy of its weights", file=sys.stderr)
+        ema_weights = weights
+    with torch.no_grad():
+        for name, p in targets.items():
+            p.copy_(weights[name])
+    ema = EMA(model, recipe.train.ema_decay)
+    ema.load_state_dict({"params": ema_weights, "num_updates": updates})
+    step = int(reference.get("global_step", 0) or 0)
+    toml = recipe_to_toml(recipe)
+    with atomic_folder(run_dir) as staging:
+        (staging / "recipe.toml").write_text(toml)
+        CheckpointManager(staging / "checkpoints", keep_last=1, is_main=True).save(
+            step, {"model": model.state_dict(), "ema": ema.state_dict()}, toml)
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--recipe", required=True, help="the architecture and tokenizer (a path or builtin:NAME)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow Python objects in the file (Lightning checkpoints hold some): only for trusted files")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. run.name=mdlm-owt-reference")
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        run_dir = import_reference(Path(args.checkpoint), recipe, args.trust_pickle)
+    except (RecipeError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
