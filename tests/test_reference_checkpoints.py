@@ -40,15 +40,18 @@ def _reference_state(gen: torch.Generator, imdm: bool) -> dict:
     shapes.update({"output_layer.norm_final.weight": (D,), "output_layer.linear.weight": (V, D),
                    "output_layer.linear.bias": (V,), "output_layer.adaLN_modulation.weight": (2 * D, COND),
                    "output_layer.adaLN_modulation.bias": (2 * D,)})
-    return {k: 0.2 * torch.randn(s, generator=gen) + (1.0 if k.endswith("norm1.weight") else 0.0)
-            for k, s in shapes.items()}
+    state = {k: 0.2 * torch.randn(s, generator=gen) + (1.0 if k.endswith("norm1.weight") else 0.0)
+             for k, s in shapes.items()}
+    hd = D // HEADS
+    state["rotary_emb.inv_freq"] = 1.0 / 10_000 ** (torch.arange(0, hd, 2).float() / hd)
+    return state
 
 
-def _lightning_file(path, gen, imdm=True, extra=None):
+def _lightning_file(path, gen, imdm=True, extra=None, prefix="backbone."):
     """A reference checkpoint: weights under `backbone.`, EMA shadows as a positional list."""
     state = _reference_state(gen, imdm)
     shadows = [0.2 * torch.randn(v.shape, generator=gen) for k, v in state.items() if k != "rotary_emb.inv_freq"]
-    ckpt = {"state_dict": {f"backbone.{k}": v for k, v in state.items()}, "global_step": 1234,
+    ckpt = {"state_dict": {f"{prefix}{k}": v for k, v in state.items()}, "global_step": 1234,
             "ema": {"decay": 0.9999, "num_updates": 77, "shadow_params": shadows}, **(extra or {})}
     torch.save(ckpt, path)
     ema = dict(zip([k for k in state if k != "rotary_emb.inv_freq"], shadows))
@@ -92,12 +95,15 @@ def _reference_logits(sd: dict, tokens: torch.Tensor, eps: torch.Tensor | None) 
     return linear(norm(x, "output_layer.norm_final") * (1 + scale) + shift, "output_layer.linear")
 
 
+def _table(tmp_path, name="imported", algo="imdm", vocab=V - 1):
+    return {"run": {"output_dir": str(tmp_path / "runs"), "name": name},
+            "model": {"size": "custom", "d_model": D, "n_blocks": BLOCKS, "n_heads": HEADS, "vocab_pad_multiple": 8},
+            "algorithm": {"name": algo, "noise_dim": NOISE},
+            "data": {"vocab_size": vocab, "seq_len": 6}}
+
+
 def _recipe(tmp_path, name="imported", algo="imdm", vocab=V - 1):
-    return recipe_from_dict({
-        "run": {"output_dir": str(tmp_path / "runs"), "name": name},
-        "model": {"size": "custom", "d_model": D, "n_blocks": BLOCKS, "n_heads": HEADS, "vocab_pad_multiple": 8},
-        "algorithm": {"name": algo, "noise_dim": NOISE},
-        "data": {"vocab_size": vocab, "seq_len": 6}})
+    return recipe_from_dict(_table(tmp_path, name, algo, vocab))
 
 
 def _inputs(gen):
@@ -106,10 +112,12 @@ def _inputs(gen):
     return tokens, torch.randn(3, 6, NOISE, generator=gen)
 
 
-@pytest.mark.parametrize("algo", ["imdm", "mdlm"])
-def test_imported_run_computes_the_reference_logits(tmp_path, algo):
+@pytest.mark.parametrize("algo, prefix", [("imdm", "backbone."), ("mdlm", "backbone."),
+                                          ("mdlm", "backbone.backbone."), ("imdm", "backbone._orig_mod.")])
+def test_imported_run_computes_the_reference_logits(tmp_path, algo, prefix):
+    """Also with SDTT's doubled prefix (students of the hub model) and torch.compile's."""
     gen = torch.Generator().manual_seed(0)
-    weights, ema = _lightning_file(tmp_path / "ref.ckpt", gen, imdm=algo == "imdm")
+    weights, ema = _lightning_file(tmp_path / "ref.ckpt", gen, imdm=algo == "imdm", prefix=prefix)
     run_dir = import_reference(tmp_path / "ref.ckpt", _recipe(tmp_path, algo=algo))
     tokens, eps = _inputs(gen)
     eps_or_none = eps if algo == "imdm" else None
@@ -149,6 +157,18 @@ def test_bad_checkpoints_and_mismatched_recipes_are_refused(tmp_path):
     ckpt["ema"]["shadow_params"].pop()
     torch.save(ckpt, tmp_path / "ref.ckpt")
     _fails(tmp_path, "EMA holds 32 tensors; its model has 33 trainable parameters")
+    _lightning_file(tmp_path / "ref.ckpt", gen)
+    ckpt = torch.load(tmp_path / "ref.ckpt")
+    ckpt["state_dict"]["backbone.rotary_emb.inv_freq"] *= 0.5
+    torch.save(ckpt, tmp_path / "ref.ckpt")
+    _fails(tmp_path, "rotary frequencies")
+    _lightning_file(tmp_path / "ref.ckpt", gen)
+    ckpt = torch.load(tmp_path / "ref.ckpt")
+    ckpt["state_dict"]["backbone.blocks.0.q_norm.weight"] = torch.ones(D // HEADS)
+    torch.save(ckpt, tmp_path / "ref.ckpt")
+    _fails(tmp_path, "q/k LayerNorms (qk_norm)")
+    qk_recipe = recipe_from_dict({**_table(tmp_path), "model": {**_table(tmp_path)["model"], "qk_norm": True}})
+    _fails(tmp_path, "model.qk_norm", qk_recipe)
     (tmp_path / "ref.ckpt").write_bytes((tmp_path / "ref.ckpt").read_bytes()[:5000])
     _fails(tmp_path, "is not a readable PyTorch checkpoint")
 

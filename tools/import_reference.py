@@ -4,7 +4,9 @@ PyTorch Lightning files of kuleshov-group/mdlm, jdeschena/sdtt and Ugness/IMDM (
 under `ema`. The recipe names the architecture and the tokenizer (its vocabulary must match the
 checkpoint's); the run directory run.output_dir/run.name gets the recipe and one checkpoint with
 the weights and the EMA, ready for `imdm sample`, `imdm eval` and `init.from_run` (it holds no
-optimizer state, so it is not a run to resume training from).
+optimizer state, so it is not a run to resume training from). Settings the weights do not show
+(time conditioning, the noise kind and scale, soft-capping) come from the recipe unchecked: the
+released MDLM and IMDM models use the defaults.
 
     python -m imdm.tools.import_reference CKPT --recipe RECIPE [--trust-pickle] [key=value ...]
 """
@@ -28,7 +30,6 @@ from imdm.train.checkpoint import CheckpointError, CheckpointManager
 from imdm.train.ema import EMA, named_parameters
 
 PREFIX = "backbone."
-REFERENCE_BUFFERS = {"rotary_emb.inv_freq"}
 BLOCK_NAMES = {"norm1.weight": "norm1.weight", "attn_qkv.weight": "attn.qkv.weight", "attn_out.weight": "attn.out.weight",
                "norm2.weight": "norm2.weight", "mlp.0.weight": "mlp.0.weight", "mlp.0.bias": "mlp.0.bias",
                "mlp.2.weight": "mlp.2.weight", "mlp.2.bias": "mlp.2.bias", "adaLN_modulation.weight": "adaLN.weight",
@@ -82,6 +83,32 @@ def read_reference(path: Path, trust_pickle: bool) -> dict:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from None
 
 
+def backbone_weights(state: dict) -> dict:
+    """The DiT's tensors by reference name: the `backbone.` prefix removed (repeated, as in SDTT's
+    students of the hub model), torch.compile's `_orig_mod.` dropped; a state dict without the
+    prefix is taken as the DiT's own."""
+    weights = {}
+    for key, value in state.items():
+        key = key.replace("_orig_mod.", "")
+        if key.startswith(PREFIX):
+            while key.startswith(PREFIX):
+                key = key[len(PREFIX):]
+            weights[key] = value
+    return weights or {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+
+
+def check_rotary(inv_freq: torch.Tensor | None, cfg: DiTConfig) -> None:
+    """The reference stores its rotary frequencies; they must be this model's (base 10,000 over
+    the head dimension)."""
+    if inv_freq is None:
+        return
+    head_dim = cfg.d_model // cfg.n_heads
+    expected = 1.0 / (10_000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    if inv_freq.shape != expected.shape or not torch.allclose(inv_freq.float(), expected, rtol=1e-5):
+        raise CheckpointError(f"the checkpoint's rotary frequencies (rotary_emb.inv_freq, {tuple(inv_freq.shape)}) are "
+                              f"not base 10,000 over head dimension {head_dim}: another head size or rotary base")
+
+
 def _fit(name: str, value: torch.Tensor, target: torch.Tensor, cfg: DiTConfig) -> torch.Tensor:
     """`value` as the float32 tensor for parameter `name`: the head's rows are padded with zeros
     up to the padded vocabulary; the learnable noise's [1, 1, D] becomes [D]."""
@@ -98,15 +125,18 @@ def _fit(name: str, value: torch.Tensor, target: torch.Tensor, cfg: DiTConfig) -
 
 def convert(reference: dict, cfg: DiTConfig, targets: dict[str, torch.Tensor]) -> tuple[dict, dict | None, int]:
     """(model weights, EMA weights or None, EMA update count) in this project's names."""
-    state = reference.get("state_dict", reference)
-    weights = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)} or dict(state)
+    weights = backbone_weights(reference.get("state_dict", reference))
+    check_rotary(weights.pop("rotary_emb.inv_freq", None), cfg)
     rows = weights.get("vocab_embed.embedding")
     if rows is not None and rows.shape[0] != cfg.vocab_size:
         raise CheckpointError(f"the checkpoint has a vocabulary of {rows.shape[0]} (mask included); this recipe's "
                               f"tokenizer gives {cfg.vocab_size} (mask id {cfg.mask_id})")
     names = reference_names(cfg)
     missing = sorted(set(names) - set(weights))
-    unexpected = sorted(set(weights) - set(names) - REFERENCE_BUFFERS)
+    unexpected = sorted(set(weights) - set(names))
+    if any(".q_norm." in k for k in unexpected):
+        raise CheckpointError("the checkpoint's attention has q/k LayerNorms (qk_norm); this project's qk_norm is an "
+                              "RMSNorm, so such a model cannot be imported exactly")
     if missing or unexpected:
         raise CheckpointError(f"the checkpoint does not fit this recipe's model: missing {missing[:6]}, unexpected "
                               f"{unexpected[:6]} (is algorithm.name, noise_kind or num_masks the reference's?)")
@@ -130,6 +160,9 @@ def import_reference(path: Path, recipe, trust_pickle: bool = False) -> Path:
     run_dir = Path(recipe.run.output_dir) / recipe.run.name
     if run_dir.exists():
         raise CheckpointError(f"{run_dir} exists already; choose another run.name")
+    if recipe.model.qk_norm:
+        raise CheckpointError("model.qk_norm: the references' q/k norms are LayerNorms with bias; this project's are "
+                              "RMSNorms, so they cannot be imported exactly")
     reference = read_reference(path, trust_pickle)
     vocab = build_vocabulary(recipe)
     model = build_model(recipe, vocab.model_vocab, vocab.mask_id, "cpu")
