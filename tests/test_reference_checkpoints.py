@@ -182,6 +182,11 @@ def test_pickled_objects_need_trust_and_runs_are_never_overwritten(tmp_path):
     with pytest.raises(CheckpointError, match="exists already"):
         import_reference(tmp_path / "ref.ckpt", _recipe(tmp_path), trust_pickle=True)
     assert main([str(tmp_path / "missing.ckpt"), "--recipe", "builtin:quickstart"]) == 2
+    overrides = [f"run.output_dir={tmp_path / 'cli'}", "run.name=ref", "model.size=custom", f"model.d_model={D}",
+                 f"model.n_blocks={BLOCKS}", f"model.n_heads={HEADS}", "algorithm.name=imdm",
+                 f"algorithm.noise_dim={NOISE}", f"data.vocab_size={V - 1}", "data.seq_len=6"]
+    assert main([str(tmp_path / "ref.ckpt"), "--recipe", "builtin:synthetic", "--trust-pickle", *overrides]) == 0
+    assert load_run(tmp_path / "cli" / "ref", torch.device("cpu")).step == 1234
 
 
 def test_export_writes_the_ema_weights_without_head_padding(tmp_path):

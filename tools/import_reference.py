@@ -76,9 +76,11 @@ def read_reference(path: Path, trust_pickle: bool) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
+        refused = next((line.strip().split(" was not")[0] for line in str(err).splitlines()
+                        if "Unsupported global" in line), "")
         raise CheckpointError(f"{path} holds Python objects beyond tensors (Lightning stores its hyper-parameters "
-                              f"so); if the file comes from a source you trust, pass --trust-pickle "
-                              f"({str(err).strip().splitlines()[0]})") from None
+                              f"so); if the file comes from a source you trust, pass --trust-pickle"
+                              + (f" ({refused})" if refused else "")) from None
     except Exception as err:   # truncated or not a PyTorch file
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from None
 
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow Python objects in the file (Lightning checkpoints hold some): only for trusted files")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. run.name=mdlm-owt-reference")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)   # overrides may follow the options
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run_dir = import_reference(Path(args.checkpoint), recipe, args.trust_pickle)
