@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from imdm.build import build_model, build_vocabulary
+from imdm.data.local_text import DataSourceError
+from imdm.data.tokenizer import TokenizerError
 from imdm.models.dit import DiTConfig
 from imdm.recipe.errors import RecipeError
 from imdm.recipe.loader import load_recipe
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run_dir = import_reference(Path(args.checkpoint), recipe, args.trust_pickle)
-    except (RecipeError, CheckpointError) as err:
+    except (RecipeError, CheckpointError, DataSourceError, TokenizerError) as err:   # the tokenizer may be missing
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(run_dir)
