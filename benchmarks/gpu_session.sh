@@ -61,16 +61,12 @@ bench() {  # bench WHEEL NPROC LABEL RECIPE overrides...  (under task: timeout $
     --recipe "$REPO/recipes/$recipe" "$@" $DATA > "$OUT/bench_$label.log" 2>&1
   grep -E "tokens/s|Error" "$OUT/bench_$label.log" | tail -2; grep -q "tokens/s" "$OUT/bench_$label.log"
 }
-gpu0() {  # gpu0 LOG COMMAND...: on GPU 0, under timeout $T, output to $OUT/LOG and its tail here
-  local log=$1; shift
-  CUDA_VISIBLE_DEVICES=0 new timeout "$T" "$@" > "$OUT/$log" 2>&1; local rc=$?
-  tail -4 "$OUT/$log"; return $rc
-}
 gpu_all() {  # gpu_all LOG COMMAND...: on every GPU, under timeout $T, output to $OUT/LOG and its tail here
   local log=$1; shift
   new timeout "$T" "$@" > "$OUT/$log" 2>&1; local rc=$?
   tail -4 "$OUT/$log"; return $rc
 }
+gpu0() { CUDA_VISIBLE_DEVICES=0 gpu_all "$@"; }   # gpu0 LOG COMMAND...: gpu_all on GPU 0 only
 branch() {  # branch GPU PART: run part PART of the GPU synthetic pipeline on one GPU
   [ -e $SYN/$2.done ] && return
   (cd $SYN && export CUDA_VISIBLE_DEVICES=$1 && new python3 -m imdm pipeline "p_$2.toml") >> "$OUT/syn_$2.log" 2>&1 \

@@ -91,14 +91,14 @@ def backbone_weights(state: dict) -> dict:
     """The DiT's tensors by reference name: the `backbone.` prefix removed (repeated, as in SDTT's
     students of the hub model), torch.compile's `_orig_mod.` dropped; a state dict without the
     prefix is taken as the DiT's own."""
+    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
     weights = {}
     for key, value in state.items():
-        key = key.replace("_orig_mod.", "")
         if key.startswith(PREFIX):
             while key.startswith(PREFIX):
                 key = key[len(PREFIX):]
             weights[key] = value
-    return weights or {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+    return weights or state
 
 
 def check_rotary(inv_freq: torch.Tensor | None, cfg: DiTConfig) -> None:
@@ -145,7 +145,8 @@ def convert(reference: dict, cfg: DiTConfig, targets: dict[str, torch.Tensor]) -
         raise CheckpointError(f"the checkpoint does not fit this recipe's model: missing {missing[:6]}, unexpected "
                               f"{unexpected[:6]} (is algorithm.name, noise_kind or num_masks the reference's?)")
     model = {names[k]: _fit(names[k], v, targets[names[k]], cfg) for k, v in weights.items() if k in names}
-    shadows = reference.get("ema", {}).get("shadow_params") if isinstance(reference.get("ema"), dict) else None
+    ema_state = reference.get("ema")
+    shadows = ema_state.get("shadow_params") if isinstance(ema_state, dict) else None
     if shadows is None:
         return model, None, 0
     order = [k for k in weights if k in names]   # the reference's parameters() order
@@ -155,7 +156,7 @@ def convert(reference: dict, cfg: DiTConfig, targets: dict[str, torch.Tensor]) -
         raise CheckpointError(f"the checkpoint's EMA holds {len(shadows)} tensors; its model has {len(order)} "
                               f"trainable parameters")
     ema = {**model, **{names[k]: _fit(names[k], s, targets[names[k]], cfg) for k, s in zip(order, shadows)}}
-    return model, ema, int(reference["ema"].get("num_updates") or 0)
+    return model, ema, int(ema_state.get("num_updates") or 0)
 
 
 def import_reference(path: Path, recipe, trust_pickle: bool = False) -> Path:

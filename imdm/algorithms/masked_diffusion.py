@@ -29,10 +29,15 @@ class RowIndex(NamedTuple):
     n_masked: int
     n_scored: int
 
+    @property
+    def real_masked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The masked list without its padding."""
+        return tuple(r[: self.n_masked] for r in self.masked)
 
-def _padded_nonzero(mask: torch.Tensor, bucket: int) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
-    """((batch, position) indices of `mask`, padded to a multiple of `bucket` by repeating the
-    first entry), and the number of real entries."""
+
+def padded_nonzero(mask: torch.Tensor, bucket: int) -> tuple[tuple[torch.Tensor, ...], int]:
+    """(the indices of `mask`, one tensor per dimension, padded to a multiple of `bucket` by
+    repeating the first entry), and the number of real entries."""
     rows = torch.nonzero(mask, as_tuple=True)
     n = rows[0].numel()
     pad = -n % bucket
@@ -47,7 +52,7 @@ def row_indices(masked: torch.Tensor, valid: torch.Tensor | None, device: torch.
     again: cuBLAS picks its kernel per shape, on the host, for up to tens of milliseconds (seen
     in an H100 trace). Padding rows must get zero weight."""
     scored = masked if valid is None else masked & valid.cpu()
-    (masked_rows, n_masked), (scored_rows, n_scored) = (_padded_nonzero(m, bucket) for m in (masked, scored))
+    (masked_rows, n_masked), (scored_rows, n_scored) = (padded_nonzero(m, bucket) for m in (masked, scored))
     to_device = functools.partial(host_to_device, device=device)
     return RowIndex(tuple(map(to_device, masked_rows)), tuple(map(to_device, scored_rows)), n_masked, n_scored)
 
@@ -107,7 +112,8 @@ class MaskedDiffusion:
         `valid`), eps from `noise_seeds` [B] at generation 0. z and targets [B, L] on the model's
         device; t float32 [B], noise_seeds, masked and valid on the host."""
         device = z.device
-        masked_rows, scored_rows, n_masked, n_scored = row_indices(masked, valid, device, self.row_bucket)
+        row_index = row_indices(masked, valid, device, self.row_bucket)
+        masked_rows, scored_rows = row_index.masked, row_index.scored
         t = host_to_device(t, device)
         noise = None
         if model.mask_state is not None:
@@ -116,8 +122,8 @@ class MaskedDiffusion:
             noise = self._noise_rows(seeds[masked_rows[0]], masked_rows[1], cfg.noise_width, cfg.noise_dist)
         targets = targets[scored_rows]
         weights = self.schedule.loss_weight(t)[scored_rows[0]]
-        weights[n_scored:] = 0.0          # padding rows (row_bucket) score nothing
-        rows = dict(select=scored_rows, noise_index=tuple(r[:n_masked] for r in masked_rows))
+        weights[row_index.n_scored:] = 0.0          # padding rows (row_bucket) score nothing
+        rows = dict(select=scored_rows, noise_index=row_index.real_masked)
         if self.fused_loss:
             return model(z, noise, self.schedule.sigma(t), targets=targets, row_weight=weights, **rows)
         logits = model(z, noise, self.schedule.sigma(t), **rows)

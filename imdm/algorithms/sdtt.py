@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from imdm.algorithms.divergences import divergence
-from imdm.algorithms.masked_diffusion import MaskedDiffusion, row_indices
+from imdm.algorithms.masked_diffusion import MaskedDiffusion, padded_nonzero, row_indices
 from imdm.algorithms.teacher_rollout import teacher_targets
 from imdm.diffusion.forward_process import apply_mask
 from imdm.diffusion.times import T_MIN
@@ -114,11 +114,10 @@ class Distillation:
         targets = teacher_targets(denoise, z, rows, seeds_dev, t.double(), self.rounds.dt(step), self.schedule,
                                   self.mask_id, posterior, row_index.n_masked).logits
         if valid is not None:   # the scored rows among the masked ones, padded as scored_rows is
-            kept = torch.nonzero(valid.cpu()[masked]).squeeze(1)
-            kept = torch.cat([kept, kept[:1].expand(scored_rows[0].numel() - kept.numel())])
+            (kept,), _ = padded_nonzero(valid.cpu()[masked], self.base.row_bucket)
             targets = targets.index_select(0, to_device(kept))
         logits = model(z, None if noise is None else noise[rows], self.schedule.sigma(to_device(t)),
-                       select=scored_rows, noise_index=tuple(r[: row_index.n_masked] for r in rows))
+                       select=scored_rows, noise_index=row_index.real_masked)
         per_row = divergence(logits, targets, self.mask_id, self.kind)
         return per_row[: row_index.n_scored].sum()   # padding rows (the base's row_bucket) score nothing
 
