@@ -26,9 +26,11 @@
 #      HSDP as two rendezvous "nodes" of 4 GPUs trains and resumes
 #   v  one GPU: the GPU tests, then small and large against the wheel in .whl/prev (BASE_SHA names
 #      it), then a profile of the large model
+#   f  one GPU: the GPU tests, the residual + LayerNorm kernel's benchmark, then one block's forward + backward (benchmarks/block_breakdown.py)
+#      and end-to-end training, large and small, each against the wheel in .whl/prev
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|x|s|e|v NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|x|s|e|v|f NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -61,9 +63,11 @@ bench() {  # bench WHEEL NPROC LABEL RECIPE overrides...  (under task: timeout $
     --recipe "$REPO/recipes/$recipe" "$@" $DATA > "$OUT/bench_$label.log" 2>&1
   grep -E "tokens/s|Error" "$OUT/bench_$label.log" | tail -2; grep -q "tokens/s" "$OUT/bench_$label.log"
 }
-gpu_all() {  # gpu_all LOG COMMAND...: on every GPU, under timeout $T, output to $OUT/LOG and its tail here
-  local log=$1; shift
-  new timeout "$T" "$@" > "$OUT/$log" 2>&1; local rc=$?
+gpu_all() {  # gpu_all LOG COMMAND...: on every GPU, under timeout $T, output to $OUT/LOG and its tail here;
+            # the code of .whl/$WHEEL (default new)
+  local log=$1 v=${WHEEL:-new} sha=$NEW_SHA; shift
+  [ "$v" = new ] || sha=$BASE_SHA
+  PYTHONPATH=/tmp/$v IMDM_GIT_SHA=$sha timeout "$T" "$@" > "$OUT/$log" 2>&1; local rc=$?
   tail -4 "$OUT/$log"; return $rc
 }
 gpu0() { CUDA_VISIBLE_DEVICES=0 gpu_all "$@"; }   # gpu0 LOG COMMAND...: gpu_all on GPU 0 only
@@ -204,6 +208,20 @@ v)
   task large-new 100 bench new 1 large-new owt_large.toml train.global_batch=64 train.micro_batch=16
   task prof-large-1gpu 150 bench new 1 large-1gpu-profile owt_large.toml --profile 1 --trace "$OUT/large1.json" \
     train.global_batch=64 train.micro_batch=16
+  ;;
+f)
+  task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
+  task kernel-residual-norm 90 gpu0 kernel_residual_norm.log python3 benchmarks/kernel_residual_norm.py --results-dir "$OUT"
+  for model in large small; do
+    task blocks-$model-new 100 gpu0 blocks_${model}_new.log python3 benchmarks/block_breakdown.py --size $model \
+      --batch $([ $model = large ] && echo 16 || echo 32) --results-dir "$OUT"
+    WHEEL=prev task blocks-$model-prev 100 gpu0 blocks_${model}_prev.log python3 benchmarks/block_breakdown.py \
+      --size $model --batch $([ $model = large ] && echo 16 || echo 32) --variants block --results-dir "$OUT"
+  done
+  task large-new 100 bench new 1 large-new owt_large.toml train.global_batch=64 train.micro_batch=16
+  task large-prev 100 bench prev 1 large-prev owt_large.toml train.global_batch=64 train.micro_batch=16
+  task small-new 90 bench new 1 small-new owt.toml train.global_batch=128 train.micro_batch=32
+  task small-prev 90 bench prev 1 small-prev owt.toml train.global_batch=128 train.micro_batch=32
   ;;
 p)
   task prof-small-1gpu 150 bench new 1 small-1gpu-profile owt.toml --profile 2 --trace "$OUT/small1.json" train.global_batch=128 train.micro_batch=32

@@ -23,6 +23,7 @@ STREAM_EPS = 4          # + 2 * generation for the Box-Muller pair's second half
 STREAM_CATEGORICAL = 1 << 20
 STREAM_REDRAW = 1 << 21
 STREAM_TEACHER = 1 << 22     # the distillation teacher's categorical draws
+STREAM_RESIDUAL_DROPOUT = 1 << 23   # the DiT's residual-branch dropout (imdm.kernels.residual_norm)
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

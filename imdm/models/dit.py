@@ -10,10 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imdm import rng
 from imdm.kernels.masked_loss import fused_masked_nll
+from imdm.kernels.residual_norm import residual_norm_modulate
 from imdm.models.attention import SelfAttention
-from imdm.models.layers import LayerNormNoBias, TimestepEmbedder, modulate, rotary_tables
+from imdm.models.layers import LayerNormNoBias, TimestepEmbedder, rotary_tables
 from imdm.models.mask_state import MaskStateConfig, MaskStateEmbedding
+from imdm.parallel.distributed import host_to_device
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class DiTConfig:
     qk_norm: bool = False
     vocab_pad_multiple: int = 1
     time_conditioning: bool = False
+    kernels: str = "auto"           # residual + LayerNorm kernel: auto (Triton on CUDA), triton, eager
     mask_state: MaskStateConfig | None = None   # None: plain MDLM (as_mdlm)
 
     @property
@@ -39,6 +43,10 @@ class DiTConfig:
 
 
 class DiTBlock(nn.Module):
+    """Pre-norm adaLN-Zero block whose last residual branch is left pending: the next block (or
+    the head) adds it in the same kernel pass as its LayerNorm (imdm.kernels.residual_norm), so
+    the float32 stream is read and written once per branch."""
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         d = cfg.d_model
@@ -49,12 +57,28 @@ class DiTBlock(nn.Module):
         self.adaLN = nn.Linear(cfg.cond_dim, 6 * d)
         nn.init.zeros_(self.adaLN.weight)
         nn.init.zeros_(self.adaLN.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout, self.kernels = cfg.dropout, cfg.kernels
 
-    def forward(self, x, c, cos, sin):
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN(c)[:, None].chunk(6, dim=2)
-        x = x + gate_a * self.dropout(self.attn(modulate(self.norm1(x), shift_a, scale_a), cos, sin))
-        return x + gate_m * self.dropout(self.mlp(modulate(self.norm2(x), shift_m, scale_m)))
+    def forward(self, x, c, cos, sin, seeds=None, pending=None):
+        """(x, pending): `pending` = (branch, gate, dropout seed) is the residual branch still to
+        add, x + gate * dropout(branch); the previous block's comes in (None for the first
+        block). `seeds` [2] int64 seeds the dropout of this block's two branches (None: none)."""
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN(c).chunk(6, dim=1)
+        seed_a, seed_m = (None, None) if seeds is None else (seeds[0:1], seeds[1:2])
+        x, h = self._add_and_norm(x, pending or (None, None, None), self.norm1, shift_a, scale_a)
+        x, h = self._add_and_norm(x, (self.attn(h, cos, sin), gate_a, seed_a), self.norm2, shift_m, scale_m)
+        return x, (self.mlp(h), gate_m, seed_m)
+
+    def _add_and_norm(self, x, branch, norm, shift, scale):
+        return add_norm_modulate(x, branch, norm, shift, scale, self.dropout, self.kernels)
+
+
+def add_norm_modulate(x, branch, norm: LayerNormNoBias, shift, scale, dropout: float, kernels: str):
+    """(x + gate * dropout(y), modulate(norm(that), shift, scale)) for branch = (y, gate, seed),
+    the second in autocast's dtype when autocast is on (the next matmul's input)."""
+    y, gate, seed = branch
+    h_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    return residual_norm_modulate(x, y, gate, seed, dropout, norm.weight, shift, scale, h_dtype, backend=kernels)
 
 
 class OutputHead(nn.Module):
@@ -66,23 +90,25 @@ class OutputHead(nn.Module):
         super().__init__()
         self.vocab_size = cfg.vocab_size
         self.mask_id = cfg.mask_id
+        self.dropout, self.kernels = cfg.dropout, cfg.kernels
         self.norm = LayerNormNoBias(cfg.d_model)
         self.adaLN = nn.Linear(cfg.cond_dim, 2 * cfg.d_model)
         self.linear = nn.Linear(cfg.d_model, cfg.padded_vocab)
         for p in (self.adaLN.weight, self.adaLN.bias, self.linear.weight, self.linear.bias):
             nn.init.zeros_(p)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, select=None, targets=None, row_weight=None) -> torch.Tensor:
-        """Logits [B, L, V], or [N, V] at the positions `select` = (batch_idx, pos_idx). With
-        `targets` and `row_weight` [N] (given with `select`): sum_i row_weight_i * -log
-        x_theta[targets_i] under SUBS, a 0-dim float32 tensor, from the fused kernel (no logits)."""
-        shift, scale = self.adaLN(c)[:, None].chunk(2, dim=2)
-        h = modulate(self.norm(x), shift, scale)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, pending=None, select=None, targets=None,
+                row_weight=None) -> torch.Tensor:
+        """Logits [B, L, V], or [N, V] at the positions `select` = (batch_idx, pos_idx), after
+        adding the last block's `pending` residual branch. With `targets` and `row_weight` [N]
+        (given with `select`): sum_i row_weight_i * -log x_theta[targets_i] under SUBS, a 0-dim
+        float32 tensor, from the fused kernel (no logits)."""
+        shift, scale = self.adaLN(c).chunk(2, dim=1)
+        _, h = add_norm_modulate(x, pending or (None, None, None), self.norm, shift, scale, self.dropout,
+                                 self.kernels)
         if select is not None:
             h = h[select]
         if targets is not None:
-            if torch.is_autocast_enabled(h.device.type):   # the matmuls in autocast's dtype, as self.linear's
-                h = h.to(torch.get_autocast_dtype(h.device.type))
             return fused_masked_nll(h, self.linear.weight, self.linear.bias, targets, row_weight, self.mask_id,
                                     self.vocab_size)
         logits = self.linear(h)
@@ -126,9 +152,20 @@ class DiT(nn.Module):
             sigma = torch.zeros(tokens.shape[0], device=tokens.device)
         c = F.silu(self.time_embed(sigma))
         cos, sin = rotary_tables(tokens.shape[1], self.cfg.d_model // self.cfg.n_heads, tokens.device)
-        for block in self.blocks:
-            x = block(x, c, cos, sin)
-        return self.head(x, c, select, targets, row_weight)
+        seeds, pending = self._dropout_seeds(tokens.device), None
+        for i, block in enumerate(self.blocks):
+            x, pending = block(x, c, cos, sin, None if seeds is None else seeds[i], pending)
+        return self.head(x, c, pending, select, targets, row_weight)
+
+    def _dropout_seeds(self, device: torch.device) -> torch.Tensor | None:
+        """[n_blocks, 2] int64 seeds of the residual dropout masks when training with dropout:
+        derived from one draw of torch's CPU generator (which the trainer seeds per micro-batch),
+        so the masks are reproducible and a resume replays them."""
+        if not (self.training and self.cfg.dropout > 0):
+            return None
+        base = torch.randint(0, 1 << 62, (1,))
+        seeds = rng.derive_seed(base, torch.arange(2 * self.cfg.n_blocks), rng.STREAM_RESIDUAL_DROPOUT)
+        return host_to_device(seeds.view(-1, 2), device)
 
 
 def count_parameters(model: nn.Module) -> int:

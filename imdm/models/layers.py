@@ -1,30 +1,22 @@
-"""Small building blocks of the DiT: fp32 LayerNorm, adaLN modulation, the time embedder,
-rotary position embedding."""
+"""Small building blocks of the DiT: the LayerNorm weight, the time embedder, rotary position
+embedding."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
 class LayerNormNoBias(nn.Module):
-    """LayerNorm with a weight and no bias, computed in float32 (autocast off)."""
+    """The weight of a bias-free LayerNorm. imdm.kernels.residual_norm applies it (float32, fused
+    with the residual add and the adaLN modulation); a module keeps the reference checkpoints'
+    parameter names (norm1.weight, ...)."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.layer_norm(x.float(), (x.shape[-1],)) * self.weight.float()
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x * (1 + scale) + shift, with per-sequence shift/scale [B, 1, d]."""
-    return x * (1 + scale) + shift
 
 
 class TimestepEmbedder(nn.Module):

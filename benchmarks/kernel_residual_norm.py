@@ -1,0 +1,82 @@
+"""Residual + LayerNorm + adaLN kernel (imdm.kernels.residual_norm) against torch.compile of its
+eager reference (what Inductor makes of the same ops) on CUDA: x float32 [B, L, d], bf16 branch,
+gate, shift and scale, bf16 h, dropout 0.1, forward and forward + backward, in ms and as a share
+of the HBM bandwidth for the bytes each must move. Also sweeps the backward's rows per program.
+
+    python benchmarks/kernel_residual_norm.py [--batch 16 --seq-len 1024 --d 1536] [--results-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.gpu_timing import bandwidth, hbm_peak, time_ms  # noqa: E402
+from benchmarks.results_io import write_result  # noqa: E402
+from imdm.kernels import residual_norm_triton  # noqa: E402
+from imdm.kernels.residual_norm import residual_norm_modulate, residual_norm_reference  # noqa: E402
+
+FORWARD_BYTES_PER_ENTRY = 4 + 2 + 4 + 2            # read x, y; write x_out, h
+BACKWARD_BYTES_PER_ENTRY = 2 + 4 + 4 + 2 + 4 + 2   # read dh, dx_out, x_out, y; write dx, dy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--d", type=int, default=1536)
+    parser.add_argument("--p", type=float, default=0.1)
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--results-dir", default=None)
+    args = parser.parse_args()
+    b, l, d = args.batch, args.seq_len, args.d
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def leaf(*shape, dtype=torch.bfloat16):
+        return torch.randn(*shape, device="cuda", dtype=dtype, generator=g).requires_grad_()
+
+    x, y, gate, weight = leaf(b, l, d, dtype=torch.float32), leaf(b, l, d), leaf(b, d), leaf(d, dtype=torch.float32)
+    shift, scale, seed = leaf(b, d), leaf(b, d), torch.tensor([5], device="cuda")
+    grad_x, grad_h = torch.randn_like(x), torch.randn(b, l, d, device="cuda", dtype=torch.bfloat16)
+    compiled_reference = torch.compile(residual_norm_reference)
+
+    def run(fn, backward):
+        def call():
+            x_out, h = fn(x, y, gate, seed, args.p, weight, shift, scale, 1e-5, torch.bfloat16)
+            if backward:
+                torch.autograd.backward([x_out, h], [grad_x, grad_h])
+        return call
+
+    def fused(*a):
+        return residual_norm_modulate(*a[:-2], a[-1], eps=a[-2], backend="triton")
+
+    peak, entries = hbm_peak(torch.cuda.get_device_name()), b * l * d
+    rows = {}
+    for name, fn in (("fused", fused), ("compiled_reference", compiled_reference)):
+        fwd = time_ms(run(fn, False), args.iters)
+        both = time_ms(run(fn, True), args.iters)
+        rows[name] = {"forward_ms": fwd, "forward_backward_ms": both,
+                      "forward": bandwidth(entries * FORWARD_BYTES_PER_ENTRY, fwd, peak),
+                      "backward": bandwidth(entries * BACKWARD_BYTES_PER_ENTRY, both - fwd, peak)}
+    default_rows = residual_norm_triton.BACKWARD_ROWS
+    sweep = {}
+    for tile in (4, 8, 16, 32, 64):
+        residual_norm_triton.BACKWARD_ROWS = tile
+        sweep[tile] = time_ms(run(fused, True), args.iters)
+    residual_norm_triton.BACKWARD_ROWS = default_rows
+    for name, r in rows.items():
+        print(f"{name:20s} fwd {r['forward_ms']:.3f} ms ({r['forward']['hbm_fraction'] or 0:.0%} HBM)  fwd+bwd "
+              f"{r['forward_backward_ms']:.3f} ms (bwd {r['backward']['hbm_fraction'] or 0:.0%} HBM)")
+    print("backward rows per program:", {k: round(v, 3) for k, v in sweep.items()}, "(fwd+bwd ms)")
+    write_result("kernel_residual_norm", "", {"batch": b, "seq_len": l, "d": d, "p": args.p, "iters": args.iters,
+                                              "backward_rows": default_rows},
+                 {**rows, "fwd_bwd_ms_by_backward_rows": sweep}, out_dir=args.results_dir)
+
+
+if __name__ == "__main__":
+    main()
