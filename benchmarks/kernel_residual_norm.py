@@ -1,7 +1,8 @@
 """Residual + LayerNorm + adaLN kernel (imdm.kernels.residual_norm) against torch.compile of its
 eager reference (what Inductor makes of the same ops) on CUDA: x float32 [B, L, d], bf16 branch,
 gate, shift and scale, bf16 h, dropout 0.1, forward and forward + backward, in ms and as a share
-of the HBM bandwidth for the bytes each must move. Also sweeps the backward's rows per program.
+of the HBM bandwidth for the bytes each must move. Also sweeps the backward's rows per program,
+rows at a time and warps.
 
     python benchmarks/kernel_residual_norm.py [--batch 16 --seq-len 1024 --d 1536] [--results-dir DIR]
 """
@@ -63,19 +64,23 @@ def main() -> None:
         rows[name] = {"forward_ms": fwd, "forward_backward_ms": both,
                       "forward": bandwidth(entries * FORWARD_BYTES_PER_ENTRY, fwd, peak),
                       "backward": bandwidth(entries * BACKWARD_BYTES_PER_ENTRY, both - fwd, peak)}
-    default_rows = residual_norm_triton.BACKWARD_ROWS
+    defaults = (residual_norm_triton.BACKWARD_ROWS, residual_norm_triton.BACKWARD_TILE,
+                residual_norm_triton.BACKWARD_WARPS)
     sweep = {}
-    for tile in (4, 8, 16, 32, 64):
-        residual_norm_triton.BACKWARD_ROWS = tile
-        sweep[tile] = time_ms(run(fused, True), args.iters)
-    residual_norm_triton.BACKWARD_ROWS = default_rows
+    for setting in ((16, 1, None), (32, 1, None), (32, 2, None), (32, 4, None), (64, 2, None), (64, 4, None),
+                    (32, 2, 16), (64, 4, 16), (128, 4, None)):
+        (residual_norm_triton.BACKWARD_ROWS, residual_norm_triton.BACKWARD_TILE,
+         residual_norm_triton.BACKWARD_WARPS) = setting
+        sweep["rows %d tile %d warps %s" % setting] = time_ms(run(fused, True), args.iters)
+    residual_norm_triton.BACKWARD_ROWS, residual_norm_triton.BACKWARD_TILE, residual_norm_triton.BACKWARD_WARPS = defaults
     for name, r in rows.items():
         print(f"{name:20s} fwd {r['forward_ms']:.3f} ms ({r['forward']['hbm_fraction'] or 0:.0%} HBM)  fwd+bwd "
               f"{r['forward_backward_ms']:.3f} ms (bwd {r['backward']['hbm_fraction'] or 0:.0%} HBM)")
-    print("backward rows per program:", {k: round(v, 3) for k, v in sweep.items()}, "(fwd+bwd ms)")
+    for setting, ms in sweep.items():
+        print(f"backward {setting}: fwd+bwd {ms:.3f} ms")
     write_result("kernel_residual_norm", "", {"batch": b, "seq_len": l, "d": d, "p": args.p, "iters": args.iters,
-                                              "backward_rows": default_rows},
-                 {**rows, "fwd_bwd_ms_by_backward_rows": sweep}, out_dir=args.results_dir)
+                                              "backward_rows_tile_warps": defaults},
+                 {**rows, "fwd_bwd_ms_by_backward_setting": sweep}, out_dir=args.results_dir)
 
 
 if __name__ == "__main__":

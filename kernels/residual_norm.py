@@ -12,6 +12,10 @@ Dropout:  entry i of the flat [B, L, d] branch is dropped when imdm.rng.uniform2
           on every device and backend.
 Measured: benchmarks/block_breakdown.py (block forward + backward against the Inductor block).
 
+Both passes are torch.library.triton_op's: torch.compile traces into them and launches the
+kernels from its own generated code, with no per-call dispatch on the host (Inductor's CPU
+backend cannot launch Triton kernels: on CPU tensors they run eagerly, through the interpreter).
+
 Shapes: x [B, L, d] float32; y [B, L, d] (the branch, any float dtype); gate, shift, scale [B, d]
 (one per sequence); w [d]; seed a 1-element int64 tensor. Without y the op is LayerNorm +
 modulation alone. Triton kernels in residual_norm_triton.py; backend "auto" = Triton on CUDA
@@ -25,6 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.library import triton_op
 
 from imdm import rng
 from imdm.kernels.backend import use_triton
@@ -51,7 +56,7 @@ def residual_norm_reference(x: Tensor, y: Optional[Tensor], gate: Optional[Tenso
     return x, (n * (1 + scale.float()[:, None]) + shift.float()[:, None]).to(h_dtype)
 
 
-@torch.library.custom_op("imdm::residual_norm", mutates_args=())
+@triton_op("imdm::residual_norm", mutates_args=())
 def _forward_op(x: Tensor, y: Optional[Tensor], gate: Optional[Tensor], seed: Optional[Tensor], p: float,
                 weight: Tensor, shift: Tensor, scale: Tensor, eps: float,
                 h_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -59,28 +64,12 @@ def _forward_op(x: Tensor, y: Optional[Tensor], gate: Optional[Tensor], seed: Op
     return launch_forward(x, y, gate, seed, p, weight, shift, scale, eps, h_dtype)
 
 
-@_forward_op.register_fake
-def _(x, y, gate, seed, p, weight, shift, scale, eps, h_dtype):
-    rows = x.numel() // x.shape[-1]
-    stats = x.new_empty(rows, dtype=torch.float32)
-    return (torch.empty_like(x) if y is not None else x.new_empty(0), x.new_empty(x.shape, dtype=h_dtype),
-            stats, torch.empty_like(stats))
-
-
-@torch.library.custom_op("imdm::residual_norm_backward", mutates_args=())
+@triton_op("imdm::residual_norm_backward", mutates_args=())
 def _backward_op(dh: Tensor, dx_out: Optional[Tensor], x_out: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor,
                  scale: Tensor, y: Optional[Tensor], gate: Optional[Tensor], seed: Optional[Tensor],
                  p: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     from imdm.kernels.residual_norm_triton import launch_backward
     return launch_backward(dh, dx_out, x_out, mean, rstd, weight, scale, y, gate, seed, p)
-
-
-@_backward_op.register_fake
-def _(dh, dx_out, x_out, mean, rstd, weight, scale, y, gate, seed, p):
-    per_seq = scale.new_empty(scale.shape, dtype=torch.float32)
-    return (x_out.new_empty(x_out.shape, dtype=torch.float32), torch.empty_like(y) if y is not None else
-            x_out.new_empty(0), weight.new_empty(weight.shape, dtype=torch.float32), per_seq,
-            torch.empty_like(per_seq), torch.empty_like(per_seq) if y is not None else x_out.new_empty(0))
 
 
 def _save(ctx, inputs, output):

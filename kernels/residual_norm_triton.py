@@ -4,11 +4,17 @@ dropout + gated residual + LayerNorm + adaLN modulation, forward and backward, o
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from imdm import rng
 from imdm.kernels.hash32 import stream_keys, uniform24
 
-BACKWARD_ROWS = 16   # rows of one sequence per backward program: their parameter-gradient sums stay in registers
+# The backward: each program takes BACKWARD_ROWS rows of one sequence, BACKWARD_TILE at a time,
+# with BACKWARD_WARPS warps (None: one per 256 entries of a tile); the parameter-gradient sums of
+# its rows stay in registers until it ends (benchmarks/kernel_residual_norm.py sweeps them).
+BACKWARD_ROWS = 32
+BACKWARD_TILE = 2
+BACKWARD_WARPS = None
 
 
 @triton.jit
@@ -51,7 +57,9 @@ def _forward_kernel(x_ptr, y_ptr, gate_ptr, seed_ptr, w_ptr, shift_ptr, scale_pt
 def _backward_kernel(dh_ptr, dx_out_ptr, x_out_ptr, mean_ptr, rstd_ptr, w_ptr, scale_ptr, y_ptr, gate_ptr, seed_ptr,
                      dx_ptr, dy_ptr, part_ptr, seq_len, d, p, inv_keep, tiles_per_seq,
                      HAS_DX_OUT: tl.constexpr, RESIDUAL: tl.constexpr, DROPOUT: tl.constexpr,
-                     STREAM: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+                     STREAM: tl.constexpr, ROWS: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr):
+    """ROWS rows of one sequence, TILE at a time; the parameter-gradient sums of those rows go to
+    part[program] = (d_w, d_shift, d_scale, d_gate) [4, d]."""
     pid = tl.program_id(0)
     seq = pid // tiles_per_seq
     first = (pid % tiles_per_seq) * ROWS
@@ -63,42 +71,38 @@ def _backward_kernel(dh_ptr, dx_out_ptr, x_out_ptr, mean_ptr, rstd_ptr, w_ptr, s
     gate = tl.zeros((BLOCK_D,), tl.float32)
     if RESIDUAL:
         gate = tl.load(gate_ptr + seq_offs, mask=col_live, other=0.0).to(tl.float32)
-    d_w = tl.zeros((BLOCK_D,), tl.float32)
-    d_shift = tl.zeros((BLOCK_D,), tl.float32)
-    d_scale = tl.zeros((BLOCK_D,), tl.float32)
+    sum_dh = tl.zeros((BLOCK_D,), tl.float32)
+    sum_dh_xhat = tl.zeros((BLOCK_D,), tl.float32)   # d_w = (1 + scale) * this, d_scale = w * this
     d_gate = tl.zeros((BLOCK_D,), tl.float32)
-    for r in range(ROWS):
-        pos = first + r
-        live = col_live & (cols * 0 + pos < seq_len)
-        row = seq.to(tl.int64) * seq_len + pos
-        offs = row * d + cols
+    for r in range(0, ROWS, TILE):
+        pos = first + r + tl.arange(0, TILE)
+        live = (pos < seq_len)[:, None] & col_live[None, :]
         stat = seq.to(tl.int64) * seq_len + tl.minimum(pos, seq_len - 1)   # rows past the sequence: unused
-        mean = tl.load(mean_ptr + stat)
-        rstd = tl.load(rstd_ptr + stat)
+        mean = tl.load(mean_ptr + stat)[:, None]
+        rstd = tl.load(rstd_ptr + stat)[:, None]
+        offs = (seq.to(tl.int64) * seq_len + pos)[:, None] * d + cols[None, :]
         xhat = tl.where(live, (tl.load(x_out_ptr + offs, mask=live, other=0.0) - mean) * rstd, 0.0)
         dh = tl.load(dh_ptr + offs, mask=live, other=0.0).to(tl.float32)
-        d_shift += dh
-        d_scale += dh * xhat * w
-        dn = dh * one_plus_scale
-        d_w += dn * xhat
-        dxhat = dn * w
-        dx = (dxhat - xhat * (tl.sum(dxhat * xhat, axis=0) / d) - tl.sum(dxhat, axis=0) / d) * rstd
+        sum_dh += tl.sum(dh, axis=0)
+        sum_dh_xhat += tl.sum(dh * xhat, axis=0)
+        dxhat = dh * (one_plus_scale * w)[None, :]
+        dx = (dxhat - xhat * (tl.sum(dxhat * xhat, axis=1) / d)[:, None] - (tl.sum(dxhat, axis=1) / d)[:, None]) * rstd
         if HAS_DX_OUT:
             dx += tl.load(dx_out_ptr + offs, mask=live, other=0.0)
         tl.store(dx_ptr + offs, dx, mask=live)
         if RESIDUAL:
             keep = _keep_scale(seed_ptr, offs, p, inv_keep, DROPOUT, STREAM)
-            d_gate += dx * keep * tl.load(y_ptr + offs, mask=live, other=0.0).to(tl.float32)
-            tl.store(dy_ptr + offs, (dx * gate * keep).to(dy_ptr.dtype.element_ty), mask=live)
+            d_gate += tl.sum(dx * keep * tl.load(y_ptr + offs, mask=live, other=0.0).to(tl.float32), axis=0)
+            tl.store(dy_ptr + offs, (dx * gate[None, :] * keep).to(dy_ptr.dtype.element_ty), mask=live)
     part = part_ptr + pid.to(tl.int64) * 4 * d + cols
-    tl.store(part, d_w, mask=col_live)
-    tl.store(part + d, d_shift, mask=col_live)
-    tl.store(part + 2 * d, d_scale, mask=col_live)
+    tl.store(part, one_plus_scale * sum_dh_xhat, mask=col_live)
+    tl.store(part + d, sum_dh, mask=col_live)
+    tl.store(part + 2 * d, w * sum_dh_xhat, mask=col_live)
     tl.store(part + 3 * d, d_gate, mask=col_live)
 
 
-def _num_warps(block_d: int) -> int:
-    return max(1, min(16, block_d // 256))
+def _num_warps(block_d: int, rows: int = 1) -> int:
+    return max(1, min(16, block_d * rows // 256))
 
 
 def launch_forward(x, y, gate, seed, p, weight, shift, scale, eps, h_dtype):
@@ -108,9 +112,10 @@ def launch_forward(x, y, gate, seed, p, weight, shift, scale, eps, h_dtype):
     residual, dropout = y is not None, y is not None and seed is not None and p > 0
     x_out = torch.empty_like(x) if residual else x.new_empty(0)
     h = torch.empty(x.shape, dtype=h_dtype, device=x.device)
-    mean, rstd = (torch.empty(rows, dtype=torch.float32, device=x.device) for _ in range(2))
+    mean = torch.empty(rows, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
     block_d = triton.next_power_of_2(d)
-    _forward_kernel[(rows,)](
+    wrap_triton(_forward_kernel)[(rows,)](
         x, y if residual else x, gate if residual else shift, seed if dropout else mean, weight, shift, scale,
         x_out if residual else x, h, mean, rstd, rows // batch, d, p, 1.0 / (1.0 - p), eps,
         RESIDUAL=residual, DROPOUT=dropout, STREAM=rng.STREAM_RESIDUAL_DROPOUT, BLOCK_D=block_d,
@@ -126,15 +131,15 @@ def launch_backward(dh, dx_out, x_out, mean, rstd, weight, scale, y, gate, seed,
     seq_len = x_out.numel() // d // batch
     residual, dropout = y is not None, y is not None and seed is not None and p > 0
     tiles = triton.cdiv(seq_len, BACKWARD_ROWS)
-    part = torch.empty(batch * tiles, 4, d, dtype=torch.float32, device=x_out.device)
+    part = torch.empty(batch, tiles, 4, d, dtype=torch.float32, device=x_out.device)
     dx = torch.empty(x_out.shape, dtype=torch.float32, device=x_out.device)
     dy = torch.empty_like(y) if residual else dx.new_empty(0)
     block_d = triton.next_power_of_2(d)
-    _backward_kernel[(batch * tiles,)](
+    wrap_triton(_backward_kernel)[(batch * tiles,)](
         dh, dx_out if dx_out is not None else dx, x_out, mean, rstd, weight, scale, y if residual else dh,
         gate if residual else scale, seed if dropout else mean, dx, dy if residual else dx, part, seq_len, d, p,
         1.0 / (1.0 - p), tiles, HAS_DX_OUT=dx_out is not None, RESIDUAL=residual, DROPOUT=dropout,
-        STREAM=rng.STREAM_RESIDUAL_DROPOUT, ROWS=BACKWARD_ROWS, BLOCK_D=block_d, num_warps=_num_warps(block_d))
-    part = part.view(batch, tiles, 4, d)
+        STREAM=rng.STREAM_RESIDUAL_DROPOUT, ROWS=BACKWARD_ROWS, TILE=BACKWARD_TILE, BLOCK_D=block_d,
+        num_warps=BACKWARD_WARPS or _num_warps(block_d, BACKWARD_TILE))
     d_gate = part[:, :, 3].sum(1) if residual else dx.new_empty(0)
     return dx, dy, part[:, :, 0].sum((0, 1)), part[:, :, 1].sum(1), part[:, :, 2].sum(1), d_gate
