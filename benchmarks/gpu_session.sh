@@ -26,8 +26,9 @@
 #      HSDP as two rendezvous "nodes" of 4 GPUs trains and resumes
 #   v  one GPU: the GPU tests, then small and large against the wheel in .whl/prev (BASE_SHA names
 #      it), then a profile of the large model
-#   f  one GPU: the GPU tests, the residual + LayerNorm kernel's benchmark, then one block's forward + backward (benchmarks/block_breakdown.py)
-#      and end-to-end training, large and small, each against the wheel in .whl/prev
+#   f  one GPU: the GPU tests; end-to-end training, large and small, against the wheel in
+#      .whl/prev; the residual + LayerNorm kernel's benchmark; one block's forward + backward
+#      (benchmarks/block_breakdown.py), large and small, against .whl/prev
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
 # Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|x|s|e|v|f NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
@@ -211,6 +212,10 @@ v)
   ;;
 f)
   task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
+  task large-new 100 bench new 1 large-new owt_large.toml train.global_batch=64 train.micro_batch=16
+  task large-prev 100 bench prev 1 large-prev owt_large.toml train.global_batch=64 train.micro_batch=16
+  task small-new 90 bench new 1 small-new owt.toml train.global_batch=128 train.micro_batch=32
+  task small-prev 90 bench prev 1 small-prev owt.toml train.global_batch=128 train.micro_batch=32
   task kernel-residual-norm 90 gpu0 kernel_residual_norm.log python3 benchmarks/kernel_residual_norm.py --results-dir "$OUT"
   for model in large small; do
     task blocks-$model-new 100 gpu0 blocks_${model}_new.log python3 benchmarks/block_breakdown.py --size $model \
@@ -218,10 +223,6 @@ f)
     WHEEL=prev task blocks-$model-prev 100 gpu0 blocks_${model}_prev.log python3 benchmarks/block_breakdown.py \
       --size $model --batch $([ $model = large ] && echo 16 || echo 32) --variants block --results-dir "$OUT"
   done
-  task large-new 100 bench new 1 large-new owt_large.toml train.global_batch=64 train.micro_batch=16
-  task large-prev 100 bench prev 1 large-prev owt_large.toml train.global_batch=64 train.micro_batch=16
-  task small-new 90 bench new 1 small-new owt.toml train.global_batch=128 train.micro_batch=32
-  task small-prev 90 bench prev 1 small-prev owt.toml train.global_batch=128 train.micro_batch=32
   ;;
 p)
   task prof-small-1gpu 150 bench new 1 small-1gpu-profile owt.toml --profile 2 --trace "$OUT/small1.json" train.global_batch=128 train.micro_batch=32

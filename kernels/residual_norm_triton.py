@@ -12,8 +12,8 @@ from imdm.kernels.hash32 import stream_keys, uniform24
 # The backward: each program takes BACKWARD_ROWS rows of one sequence, BACKWARD_TILE at a time,
 # with BACKWARD_WARPS warps (None: one per 256 entries of a tile); the parameter-gradient sums of
 # its rows stay in registers until it ends (benchmarks/kernel_residual_norm.py sweeps them).
-BACKWARD_ROWS = 32
-BACKWARD_TILE = 2
+BACKWARD_ROWS = 16
+BACKWARD_TILE = 1
 BACKWARD_WARPS = None
 
 
@@ -28,9 +28,16 @@ def _keep_scale(seed_ptr, offs, p, inv_keep, DROPOUT: tl.constexpr, STREAM: tl.c
 
 
 @triton.jit
+def _as_float32(p, inv_keep, eps):
+    """The float arguments in float32, as eager launches pass them (Inductor passes float64)."""
+    return tl.cast(p, tl.float32), tl.cast(inv_keep, tl.float32), tl.cast(eps, tl.float32)
+
+
+@triton.jit
 def _forward_kernel(x_ptr, y_ptr, gate_ptr, seed_ptr, w_ptr, shift_ptr, scale_ptr, x_out_ptr, h_ptr, mean_ptr,
                     rstd_ptr, seq_len, d, p, inv_keep, eps, RESIDUAL: tl.constexpr, DROPOUT: tl.constexpr,
                     STREAM: tl.constexpr, BLOCK_D: tl.constexpr):
+    p, inv_keep, eps = _as_float32(p, inv_keep, eps)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
     live = cols < d
@@ -60,6 +67,7 @@ def _backward_kernel(dh_ptr, dx_out_ptr, x_out_ptr, mean_ptr, rstd_ptr, w_ptr, s
                      STREAM: tl.constexpr, ROWS: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr):
     """ROWS rows of one sequence, TILE at a time; the parameter-gradient sums of those rows go to
     part[program] = (d_w, d_shift, d_scale, d_gate) [4, d]."""
+    p, inv_keep, _ = _as_float32(p, inv_keep, 0.0)
     pid = tl.program_id(0)
     seq = pid // tiles_per_seq
     first = (pid % tiles_per_seq) * ROWS
