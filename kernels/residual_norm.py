@@ -10,7 +10,10 @@ Dropout:  entry i of the flat [B, L, d] branch is dropped when imdm.rng.uniform2
           2^32, STREAM_RESIDUAL_DROPOUT) < p, kept ones scaled by 1 / (1 - p): the mask is a
           function of (seed, position), recomputed in the backward (never stored) and the same
           on every device and backend.
-Measured: benchmarks/block_breakdown.py (block forward + backward against the Inductor block).
+Measured: one H200, [16, 1024, 1536], bf16 branch (benchmarks/kernel_residual_norm.py): forward
+          0.088 ms (72% of HBM) against 0.117 ms for Inductor's compile of the reference; a large
+          DiT block 6.22 ms forward + backward against 6.45 ms (benchmarks/block_breakdown.py);
+          training +4.1% (large) and +5.9% (small) tokens/s (README, "Measured").
 
 Both passes are torch.library.triton_op's: torch.compile traces into them and launches the
 kernels from its own generated code, with no per-call dispatch on the host (Inductor's CPU
