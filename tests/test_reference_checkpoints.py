@@ -7,6 +7,7 @@ directory; export writes the weights as safetensors with a config."""
 import argparse
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -171,6 +172,60 @@ def test_bad_checkpoints_and_mismatched_recipes_are_refused(tmp_path):
     _fails(tmp_path, "model.qk_norm", qk_recipe)
     (tmp_path / "ref.ckpt").write_bytes((tmp_path / "ref.ckpt").read_bytes()[:5000])
     _fails(tmp_path, "is not a readable PyTorch checkpoint")
+
+
+def _saved_config(**changes):
+    """Ugness/IMDM's saved hyper-parameters for the test model, with dotted-key `changes`."""
+    config = {"model": {"hidden_size": D, "n_blocks": BLOCKS, "n_heads": HEADS, "cond_dim": COND, "softcap": -1.0,
+                        "noise_dim": NOISE, "length": 6, "dropout": 0.1},
+              "algo": {"time_conditioning": False, "noise_type": "rand", "noise_scale": 1.0, "num_mask": -1},
+              "data": {"cache_dir": "${hydra:runtime.cwd}/cache"}}
+    for key, value in changes.items():
+        section, name = key.split("__")
+        config[section][name] = value
+    return {"config": config, "weights_only": False, "vocab_size": V}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({}, None),
+    ({"model__n_heads": 2 * HEADS}, f"model.n_heads is {2 * HEADS} there, model.n_heads {HEADS} here"),
+    ({"algo__time_conditioning": True}, "algo.time_conditioning is True there, algorithm.time_conditioning False"),
+    ({"model__softcap": 50.0}, "model.softcap is 50.0 there, model.softcap 0.0 here"),
+    ({"algo__noise_type": "randn"}, "algo.noise_type is 'randn' there, algorithm.noise_kind 'rand' here"),
+    ({"algo__noise_scale": 2.0}, "algo.noise_scale is 2.0 there, algorithm.noise_scale 1.0 here"),
+    ({"algo__num_mask": 4}, "algo.num_mask is 4 there, algorithm.num_masks 0 here"),
+])
+def test_saved_hyper_parameters_must_match_the_recipe(tmp_path, change, message):
+    """What the weights cannot show (heads, time conditioning, soft-capping, the mask-state
+    distribution) is checked against the checkpoint's saved configuration; unrelated keys and
+    unresolved interpolations are ignored."""
+    _lightning_file(tmp_path / "ref.ckpt", torch.Generator().manual_seed(4),
+                    extra={"hyper_parameters": _saved_config(**change)})
+    if message is None:
+        assert latest_checkpoint(import_reference(tmp_path / "ref.ckpt", _recipe(tmp_path)) / "checkpoints")
+    else:
+        _fails(tmp_path, message)
+
+
+def test_saved_omegaconf_configuration_is_read_unresolved(tmp_path):
+    """The reference pickles its Hydra config as an OmegaConf DictConfig with interpolations that
+    only resolve under Hydra; the check reads it unresolved."""
+    omegaconf = pytest.importorskip("omegaconf")
+    saved = _saved_config(model__n_heads=2 * HEADS)
+    saved["config"] = omegaconf.OmegaConf.create(saved["config"])
+    _lightning_file(tmp_path / "ref.ckpt", torch.Generator().manual_seed(5), extra={"hyper_parameters": saved})
+    _fails(tmp_path, f"model.n_heads is {2 * HEADS} there", trust_pickle=True)
+
+
+def test_a_missing_module_for_pickled_objects_is_named(tmp_path, monkeypatch):
+    (tmp_path / "vanishing_module.py").write_text("class Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import vanishing_module
+    _lightning_file(tmp_path / "ref.ckpt", torch.Generator().manual_seed(6),
+                    extra={"hyper_parameters": {"tokenizer": vanishing_module.Thing()}})
+    monkeypatch.delitem(sys.modules, "vanishing_module")
+    (tmp_path / "vanishing_module.py").unlink()
+    _fails(tmp_path, "pickles objects of the module 'vanishing_module', which is not installed here", trust_pickle=True)
 
 
 def test_pickled_objects_need_trust_and_runs_are_never_overwritten(tmp_path):

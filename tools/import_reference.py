@@ -5,8 +5,10 @@ under `ema`. The recipe names the architecture and the tokenizer (its vocabulary
 checkpoint's); the run directory run.output_dir/run.name gets the recipe and one checkpoint with
 the weights and the EMA, ready for `imdm sample`, `imdm eval` and `init.from_run` (it holds no
 optimizer state, so it is not a run to resume training from). Settings the weights do not show
-(time conditioning, the noise kind and scale, soft-capping) come from the recipe unchecked: the
-released MDLM and IMDM models use the defaults.
+(heads, time conditioning, attention soft-capping, the mask-state kind, scale and count) are
+checked against the checkpoint's saved hyper-parameters when it has them (Lightning's
+`hyper_parameters["config"]`, Ugness/IMDM's key names); a .safetensors file has none, and then
+they come from the recipe unchecked.
 
     python -m imdm.tools.import_reference CKPT --recipe RECIPE [--trust-pickle] [key=value ...]
 """
@@ -83,6 +85,9 @@ def read_reference(path: Path, trust_pickle: bool) -> dict:
         raise CheckpointError(f"{path} holds Python objects beyond tensors (Lightning stores its hyper-parameters "
                               f"so); if the file comes from a source you trust, pass --trust-pickle"
                               + (f" ({refused})" if refused else "")) from None
+    except ModuleNotFoundError as err:   # Lightning pickles an OmegaConf config and a transformers tokenizer
+        raise CheckpointError(f"{path} pickles objects of the module {err.name!r}, which is not installed here "
+                              f"(pip install {err.name.split('.')[0]})") from None
     except Exception as err:   # truncated or not a PyTorch file
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from None
 
@@ -111,6 +116,62 @@ def check_rotary(inv_freq: torch.Tensor | None, cfg: DiTConfig) -> None:
     if inv_freq.shape != expected.shape or not torch.allclose(inv_freq.float(), expected, rtol=1e-5):
         raise CheckpointError(f"the checkpoint's rotary frequencies (rotary_emb.inv_freq, {tuple(inv_freq.shape)}) are "
                               f"not base 10,000 over head dimension {head_dim}: another head size or rotary base")
+
+
+def _plain(tree):
+    """Nested dicts of the saved config (an OmegaConf DictConfig, unresolved, or plain dicts)."""
+    if type(tree).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+        return OmegaConf.to_container(tree, resolve=False)
+    return {k: _plain(v) for k, v in tree.items()} if hasattr(tree, "items") else tree
+
+
+def _lookup(config: dict, *paths: str):
+    """The value at the first dotted key path present in `config` (None when none is)."""
+    for path in paths:
+        node = config
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return path, node
+    return None
+
+
+def check_hyper_parameters(hyper_parameters, cfg: DiTConfig) -> None:
+    """Refuse a recipe whose model differs from the checkpoint's saved configuration in what the
+    weights cannot show; keys the file does not hold are not checked."""
+    config = _plain(hyper_parameters.get("config")) if hasattr(hyper_parameters, "get") else None
+    if not isinstance(config, dict):
+        return
+    ms = cfg.mask_state
+    checks = [(("model.hidden_size",), cfg.d_model, "model.d_model", None),
+              (("model.n_blocks",), cfg.n_blocks, "model.n_blocks", None),
+              (("model.n_heads",), cfg.n_heads, "model.n_heads", None),
+              (("model.cond_dim",), cfg.cond_dim, "model.cond_dim", None),
+              (("algo.time_conditioning", "time_conditioning"), cfg.time_conditioning,
+               "algorithm.time_conditioning", bool),
+              (("model.softcap",), cfg.softcap, "model.softcap", lambda v: max(float(v), 0.0))]   # < 0: none
+    if ms is not None:
+        checks += [(("model.noise_dim",), ms.noise_dim, "algorithm.noise_dim", None),
+                   (("algo.num_mask",), ms.num_masks, "algorithm.num_masks", lambda v: max(int(v), 0))]   # -1: none
+        if ms.num_masks == 0:
+            checks.append((("algo.noise_type",), ms.kind, "algorithm.noise_kind", None))
+        if ms.num_masks == 0 and ms.kind != "learnable":   # learnable: the scale only initialises sigma
+            checks.append((("algo.noise_scale",), ms.scale, "algorithm.noise_scale", float))
+    problems = []
+    for paths, ours, recipe_key, normalise in checks:
+        found = _lookup(config, *paths)
+        if found is None:
+            continue
+        path, theirs = found
+        theirs = normalise(theirs) if normalise else theirs
+        if theirs != ours:
+            problems.append(f"{path} is {theirs!r} there, {recipe_key} {ours!r} here")
+    if problems:
+        raise CheckpointError("the checkpoint's saved configuration differs from this recipe's model: "
+                              + "; ".join(problems))
 
 
 def _fit(name: str, value: torch.Tensor, target: torch.Tensor, cfg: DiTConfig) -> torch.Tensor:
@@ -172,6 +233,7 @@ def import_reference(path: Path, recipe, trust_pickle: bool = False) -> Path:
     vocab = build_vocabulary(recipe)
     model = build_model(recipe, vocab.model_vocab, vocab.mask_id, "cpu")
     targets = named_parameters(model)
+    check_hyper_parameters(reference.get("hyper_parameters"), model.cfg)
     weights, ema_weights, updates = convert(reference, model.cfg, targets)
     if ema_weights is None:
         print(f"note: {path} has no EMA; the run's EMA is a copy of its weights", file=sys.stderr)
