@@ -12,8 +12,8 @@ Dropout:  entry i of the flat [B, L, d] branch is dropped when imdm.rng.uniform2
           on every device and backend.
 Measured: one H200, [16, 1024, 1536], bf16 branch (benchmarks/kernel_residual_norm.py): forward
           0.088 ms (72% of HBM) against 0.117 ms for Inductor's compile of the reference; a large
-          DiT block 6.22 ms forward + backward against 6.45 ms (benchmarks/block_breakdown.py);
-          training +4.1% (large) and +5.9% (small) tokens/s (README, "Measured").
+          DiT block 6.28 ms forward + backward against 6.45 ms (benchmarks/block_breakdown.py);
+          training +3.3-4.1% (large) and +5.0-5.9% (small) tokens/s (README, "Measured").
 
 Both passes are torch.library.triton_op's: torch.compile traces into them and launches the
 kernels from its own generated code, with no per-call dispatch on the host (Inductor's CPU
@@ -80,16 +80,16 @@ def _save(ctx, inputs, output):
     x_out, _, mean, rstd = output
     ctx.save_for_backward(x_out if y is not None else x, mean, rstd, weight, scale, y, gate, seed)
     ctx.p = p
-    ctx.dtypes = (y.dtype if y is not None else None, gate.dtype if gate is not None else None, weight.dtype,
-                  shift.dtype, scale.dtype)
+    ctx.dtypes = (gate.dtype if gate is not None else None, weight.dtype, shift.dtype, scale.dtype)
 
 
 def _backward(ctx, d_x_out, d_h, _mean, _rstd):
     x_out, mean, rstd, weight, scale, y, gate, seed = ctx.saved_tensors
-    _, gate_dtype, w_dtype, shift_dtype, scale_dtype = ctx.dtypes
+    gate_dtype, w_dtype, shift_dtype, scale_dtype = ctx.dtypes
     residual = y is not None
-    dx, dy, d_w, d_shift, d_scale, d_gate = _backward_op(d_h.contiguous(), d_x_out if residual else None, x_out,
-                                                         mean, rstd, weight, scale, y, gate, seed, ctx.p)
+    d_x_out = d_x_out.contiguous() if residual and d_x_out is not None else None   # the kernel reads rows densely
+    dx, dy, d_w, d_shift, d_scale, d_gate = _backward_op(d_h.contiguous(), d_x_out, x_out, mean, rstd, weight,
+                                                         scale, y, gate, seed, ctx.p)
     return (dx, dy if residual else None, d_gate.to(gate_dtype) if residual else None, None, None,
             d_w.to(w_dtype), d_shift.to(shift_dtype), d_scale.to(scale_dtype), None, None)
 
@@ -102,6 +102,8 @@ def residual_norm_modulate(x: Tensor, y: Optional[Tensor], gate: Optional[Tensor
                            backend: str = "auto") -> tuple[Tensor, Tensor]:
     """(x_out, h): x_out = x + gate * dropout_p(y) (x itself when `y` is None; no dropout when
     `seed` is None or p is 0), h = LayerNorm(x_out) * weight * (1 + scale) + shift in `h_dtype`."""
+    if (y is None) != (gate is None):
+        raise ValueError("residual_norm_modulate: the branch y and its gate come together (both or neither)")
     if not use_triton(backend, x):
         return residual_norm_reference(x, y, gate, seed, p, weight, shift, scale, eps, h_dtype)
     if y is not None:

@@ -17,6 +17,7 @@ def apply_activation_checkpointing(model: nn.Module, mode: str, every: int = 2) 
 
 
 def compile_blocks(model: nn.Module) -> None:
-    """Compile each transformer block on its own (fullgraph): one graph reused by every block."""
+    """Compile each transformer block on its own (fullgraph): two graphs per mode and shape, one for
+    the first block (no pending residual branch comes in) and one reused by every other block."""
     for block in model.blocks:
         block.compile(fullgraph=True)

@@ -61,6 +61,38 @@ def test_kernel_matches_reference(device, residual, p, b, l, d):
         torch.testing.assert_close(out[2][name], ref[2][name], **TOL, msg=name)
 
 
+@pytest.mark.skipif(not INTERPRETED, reason="Triton on CPU needs the interpreter")
+def test_strided_output_gradients_and_row_tiles(monkeypatch):
+    """A broadcast (stride-0) gradient of x_out, and the backward taking rows two at a time with
+    partial tiles at the end of each sequence."""
+    from imdm.kernels import residual_norm_triton
+    monkeypatch.setattr(residual_norm_triton, "BACKWARD_TILE", 2)
+    monkeypatch.setattr(residual_norm_triton, "BACKWARD_ROWS", 4)
+    inputs = _inputs(1, 7, 13, True, "cpu")
+    seed = torch.tensor([9])
+    grads = {}
+    for backend in ("eager", "triton"):
+        for t in inputs.values():
+            t.grad = None
+        x_out, h = residual_norm_modulate(inputs["x"], inputs["y"], inputs["gate"], seed, 0.3, inputs["weight"],
+                                          inputs["shift"], inputs["scale"], torch.float32, backend=backend)
+        (x_out.sum() + h.square().sum()).backward()
+        grads[backend] = {k: t.grad.clone() for k, t in inputs.items()}
+    for name, grad in grads["eager"].items():
+        torch.testing.assert_close(grads["triton"][name], grad, **TOL, msg=name)
+    monkeypatch.setattr(residual_norm_triton, "BACKWARD_TILE", 3)
+    with pytest.raises(ValueError, match="multiple of BACKWARD_TILE"):
+        residual_norm_modulate(inputs["x"], inputs["y"], inputs["gate"], seed, 0.3, inputs["weight"], inputs["shift"],
+                               inputs["scale"], torch.float32, backend="triton")[1].sum().backward()
+
+
+def test_a_branch_without_its_gate_is_refused():
+    inputs = _inputs(1, 2, 4, True, "cpu")
+    with pytest.raises(ValueError, match="y and its gate"):
+        residual_norm_modulate(inputs["x"], inputs["y"], None, None, 0.0, inputs["weight"], inputs["shift"],
+                               inputs["scale"], torch.float32)
+
+
 @pytest.mark.gpu
 def test_kernel_inside_torch_compile():
     """Inductor launches the kernels from its own code (it cannot on CPU tensors: GPU only)."""
@@ -130,7 +162,11 @@ def test_dit_through_the_kernel_matches_the_dit_on_the_reference(mask_state):
     torch.manual_seed(6)
     other = model(tokens, noise)
     assert torch.equal(again, results["eager"][0]) and not torch.allclose(other, again)
-    assert torch.equal(model.eval()(tokens, noise), model(tokens, noise))   # no dropout in eval
+    seeds = model._dropout_seeds(torch.device("cpu"))
+    assert seeds.shape == (3, 2) and seeds.unique().numel() == 6      # every block and branch its own masks
+    undropped = DiT(DiTConfig(**{**cfg, "dropout": 0.0}, kernels="eager"))
+    undropped.load_state_dict(model.state_dict())
+    assert torch.equal(model.eval()(tokens, noise), undropped.train()(tokens, noise))   # no dropout in eval
 
 
 @pytest.mark.gpu

@@ -150,3 +150,22 @@ def test_mask_state_on_listed_rows_equals_dense_noise():
     dense = torch.rand(3, 10, 8) * 2 - 1
     rows = torch.nonzero(tokens == 36, as_tuple=True)
     torch.testing.assert_close(model(tokens, dense[rows], noise_index=rows), model(tokens, dense), rtol=0, atol=1e-6)
+
+
+def test_compiled_blocks_share_one_graph_after_the_first():
+    """The first block (no pending residual branch) and the others compile to one graph each per
+    mode: nothing block-specific (an index, a seed as a Python int) reaches the graphs."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = DiT(DiTConfig(vocab_size=41, mask_id=40, d_model=16, n_blocks=4, n_heads=2, dropout=0.1))
+    for block in model.blocks:   # as parallel.compile.compile_blocks, with Dynamo's graphs run as they are
+        block.compile(fullgraph=True, backend="eager")
+    tokens = torch.randint(0, 41, (2, 7))
+    for _ in range(2):
+        model.train()(tokens).sum().backward()
+    with torch.no_grad():
+        model.eval()(tokens)
+    assert counters["stats"]["unique_graphs"] == 4     # (first, rest) x (train, eval)
+    torch._dynamo.reset()

@@ -65,12 +65,11 @@ class DiTBlock(nn.Module):
         block). `seeds` [2] int64 seeds the dropout of this block's two branches (None: none)."""
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN(c).chunk(6, dim=1)
         seed_a, seed_m = (None, None) if seeds is None else (seeds[0:1], seeds[1:2])
-        x, h = self._add_and_norm(x, pending or (None, None, None), self.norm1, shift_a, scale_a)
-        x, h = self._add_and_norm(x, (self.attn(h, cos, sin), gate_a, seed_a), self.norm2, shift_m, scale_m)
+        x, h = add_norm_modulate(x, pending or (None, None, None), self.norm1, shift_a, scale_a, self.dropout,
+                                 self.kernels)
+        x, h = add_norm_modulate(x, (self.attn(h, cos, sin), gate_a, seed_a), self.norm2, shift_m, scale_m,
+                                 self.dropout, self.kernels)
         return x, (self.mlp(h), gate_m, seed_m)
-
-    def _add_and_norm(self, x, branch, norm, shift, scale):
-        return add_norm_modulate(x, branch, norm, shift, scale, self.dropout, self.kernels)
 
 
 def add_norm_modulate(x, branch, norm: LayerNormNoBias, shift, scale, dropout: float, kernels: str):
