@@ -197,6 +197,25 @@ def test_row_buckets_leave_the_sdtt_loss_and_gradients_unchanged(algo):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_sdtt_tells_the_teacher_how_many_rows_are_real(monkeypatch):
+    """With bucketed row lists the teacher's second step must leave the padding rows' draws out
+    of z: SDTT passes the real masked-row count (n_real) along with the padded rows."""
+    from imdm.algorithms import sdtt
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append((args[2][0].shape[0], args[9] if len(args) > 9 else kwargs.get("n_real")))
+        return teacher_targets(*args, **kwargs)
+
+    monkeypatch.setattr(sdtt, "teacher_targets", recording)
+    student = _tiny_model("imdm", perturb=0.2, dropout=0.0)
+    base = MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5, row_bucket=16)
+    x0, index = torch.randint(0, V, (8, L)), torch.arange(8)
+    Distillation(base, copy.deepcopy(student), Rounds(2, 4)).loss(student, x0, index, 8, step=1)
+    n_masked = int(base.draws(5, 1, index, 8, L)[2].sum())
+    assert seen == [(-(-n_masked // 16) * 16, n_masked)] and n_masked % 16
+
+
 @pytest.mark.parametrize("num_masks", [0, 3])
 def test_student_and_teacher_see_one_eps(num_masks):
     """Both teacher calls and the student's one pass get the same mask states at the positions
