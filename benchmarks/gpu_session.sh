@@ -217,11 +217,12 @@ f)
   task small-new 90 bench new 1 small-new owt.toml train.global_batch=128 train.micro_batch=32
   task small-prev 90 bench prev 1 small-prev owt.toml train.global_batch=128 train.micro_batch=32
   task kernel-residual-norm 90 gpu0 kernel_residual_norm.log python3 benchmarks/kernel_residual_norm.py --results-dir "$OUT"
-  for model in large small; do
-    task blocks-$model-new 100 gpu0 blocks_${model}_new.log python3 benchmarks/block_breakdown.py --size $model \
-      --batch $([ $model = large ] && echo 16 || echo 32) --results-dir "$OUT"
-    WHEEL=prev task blocks-$model-prev 100 gpu0 blocks_${model}_prev.log python3 benchmarks/block_breakdown.py \
-      --size $model --batch $([ $model = large ] && echo 16 || echo 32) --variants block --results-dir "$OUT"
+  for model in large:16 small:32; do   # size:micro-batch
+    size=${model%:*} batch=${model#*:}
+    task blocks-$size-new 100 gpu0 blocks_${size}_new.log python3 benchmarks/block_breakdown.py --size $size \
+      --batch $batch --results-dir "$OUT"
+    WHEEL=prev task blocks-$size-prev 100 gpu0 blocks_${size}_prev.log python3 benchmarks/block_breakdown.py \
+      --size $size --batch $batch --variants block --results-dir "$OUT"
   done
   ;;
 p)

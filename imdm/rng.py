@@ -90,8 +90,12 @@ def hash32_words(seed: torch.Tensor, counter: torch.Tensor, stream: int | torch.
 
 def uniform24(seed: torch.Tensor, counter: torch.Tensor, stream: int | torch.Tensor) -> torch.Tensor:
     """float32 uniforms in (0, 1) on a 2^-24 grid (exact in float32)."""
-    h = hash32(seed, counter, stream)
-    return ((h >> 8).to(torch.float32) + 0.5) * (2.0 ** -24)
+    return words_to_uniform24(hash32(seed, counter, stream))
+
+
+def words_to_uniform24(words: torch.Tensor) -> torch.Tensor:
+    """uniform24 of hashed words; with hash32_words, a draw torch.compile can trace (no numpy)."""
+    return ((words >> 8).to(torch.float32) + 0.5) * (2.0 ** -24)
 
 
 def uniform53(seed: torch.Tensor, counter: torch.Tensor, stream: int) -> torch.Tensor:

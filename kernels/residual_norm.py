@@ -41,8 +41,7 @@ from imdm.kernels.backend import use_triton
 def dropout_keep_scale(seed: Tensor, shape: torch.Size, p: float) -> Tensor:
     """float32 [*shape]: 1 / (1 - p) where residual dropout keeps an entry, 0 where it drops it."""
     counter = torch.arange(shape.numel(), device=seed.device) & rng.MASK32
-    words = rng.hash32_words(seed.reshape(()), counter, rng.STREAM_RESIDUAL_DROPOUT)   # traceable: no numpy
-    u = ((words >> 8).to(torch.float32) + 0.5) * 2.0 ** -24                          # rng.uniform24
+    u = rng.words_to_uniform24(rng.hash32_words(seed.reshape(()), counter, rng.STREAM_RESIDUAL_DROPOUT))
     return torch.where(u >= p, 1.0 / (1.0 - p), 0.0).view(shape)
 
 
