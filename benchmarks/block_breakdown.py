@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from benchmarks.gpu_timing import time_ms  # noqa: E402
 from benchmarks.results_io import write_result  # noqa: E402
@@ -43,10 +44,30 @@ class MatmulsAndAttention(nn.Module):
         return self.down(self.up(y))
 
 
+class AttentionOnly(nn.Module):
+    """SDPA alone on the block's shapes, through one backend (q, k, v: views of x, as in the block)."""
+
+    def __init__(self, n_heads: int, backend: SDPBackend):
+        super().__init__()
+        self.n_heads, self.backend = n_heads, backend
+
+    def forward(self, x, c, cos, sin):
+        b, l, d = x.shape
+        q, k, v = x.to(torch.bfloat16).repeat(1, 1, 3).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        with sdpa_kernel([self.backend]):
+            return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, l, d)
+
+
+ATTENTION_BACKENDS = {"attention_cudnn": SDPBackend.CUDNN_ATTENTION, "attention_flash": SDPBackend.FLASH_ATTENTION,
+                      "attention_efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
 def build(variant: str, d: int, blocks: int, heads: int) -> nn.Module:
     cfg = DiTConfig(vocab_size=50258, mask_id=50257, d_model=d, n_blocks=blocks, n_heads=heads)
-    if variant == "block":
+    if variant in ("block", "bf16_params", "max_autotune"):
         return DiTBlock(cfg)
+    if variant in ATTENTION_BACKENDS:
+        return AttentionOnly(heads, ATTENTION_BACKENDS[variant])
     if variant == "no_dropout":
         return DiTBlock(dataclasses.replace(cfg, dropout=0.0))
     if variant == "matmuls_attention":
@@ -54,12 +75,20 @@ def build(variant: str, d: int, blocks: int, heads: int) -> nn.Module:
     raise ValueError(f"unknown variant {variant!r}")
 
 
-def time_variant(variant: str, d: int, blocks: int, heads: int, batch: int, seq_len: int, iters: int) -> float:
+def time_variant(variant: str, d: int, blocks: int, heads: int, batch: int, seq_len: int, iters: int,
+                 profile: bool) -> tuple[float, dict | None]:
+    """(ms per forward + backward, the kernel table or None). Variants beyond the model's own:
+    bf16_params (bf16 matmul weights, so no per-call casts: the floor of a bf16 weight copy kept
+    across micro-batches), max_autotune (Inductor's GEMM templates with fused epilogues)."""
     torch.manual_seed(0)
     block = build(variant, d, blocks, heads).cuda().train()
     for p in block.parameters():   # adaLN is zero-initialised: give every branch a signal
         nn.init.normal_(p, std=0.02)
-    block.compile(fullgraph=True)
+    if variant == "bf16_params":
+        for module in block.modules():
+            if isinstance(module, nn.Linear):
+                module.to(torch.bfloat16)
+    block.compile(fullgraph=True, mode="max-autotune-no-cudagraphs" if variant == "max_autotune" else None)
     x = torch.randn(batch, seq_len, d, device="cuda", requires_grad=True)
     c = torch.randn(batch, 128, device="cuda")
     cos, sin = rotary_tables(seq_len, d // heads, x.device)
@@ -80,9 +109,29 @@ def time_variant(variant: str, d: int, blocks: int, heads: int, batch: int, seq_
             x_out, (pending, _, _) = out
             torch.autograd.backward([x_out, pending], [grad, grad.to(pending.dtype)])
         else:
-            out.backward(grad)
+            out.backward(grad.to(out.dtype))
 
-    return time_ms(step, iters, warmup=5)
+    ms = time_ms(step, iters, warmup=5)
+    return ms, kernel_table(step, iters) if profile else None
+
+
+def kernel_table(step, iters: int) -> dict:
+    """GPU kernels of `iters` calls of `step`: {name: [ms per call, launches per call]}, longest
+    first, with totals by kind (matmul, attention, triton, other)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    rows = {e.key: [e.self_device_time_total / 1e3 / iters, e.count / iters] for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0}
+    rows = dict(sorted(rows.items(), key=lambda kv: -kv[1][0]))
+    kinds = {"matmul": ("gemm", "nvjet", "cutlass", "sm90_xmma"), "attention": ("cudnn", "flash", "fmha", "attention"),
+             "triton": ("triton",)}
+    totals = dict.fromkeys([*kinds, "other"], 0.0)
+    for name, (ms, _) in rows.items():
+        kind = next((k for k, marks in kinds.items() if any(m in name.lower() for m in marks)), "other")
+        totals[kind] += ms
+    return {"totals_ms": totals, "kernels": rows}
 
 
 def main() -> None:
@@ -92,15 +141,28 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--variants", default="block,no_dropout,matmuls_attention")
+    parser.add_argument("--profile", action="store_true", help="also record each variant's GPU kernels")
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
     d, blocks, heads = MODEL_SIZES[args.size]
-    rows = {}
+    rows, tables = {}, {}
     for variant in args.variants.split(","):
-        rows[variant] = time_variant(variant, d, blocks, heads, args.batch, args.seq_len, args.iters)
+        try:
+            rows[variant], table = time_variant(variant, d, blocks, heads, args.batch, args.seq_len, args.iters,
+                                                args.profile)
+        except Exception as err:   # one variant's failure (a backend this GPU lacks) must not lose the rest
+            rows[variant], table = None, None
+            print(f"{variant:24s} FAILED: {type(err).__name__}: {str(err)[:300]}", flush=True)
+            continue
         print(f"{variant:24s} {rows[variant]:8.3f} ms per block forward + backward", flush=True)
+        if table:
+            tables[variant] = table
+            print("  by kind (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in table["totals_ms"].items()))
+            for name, (ms, count) in list(table["kernels"].items())[:25]:
+                print(f"  {ms:7.3f} ms x{count:4.1f}  {name[:110]}")
+    metrics = {"ms_per_block_fwd_bwd": rows, **({"kernels": tables} if tables else {})}
     write_result("block_breakdown", args.size, {"batch": args.batch, "seq_len": args.seq_len, "iters": args.iters},
-                 {"ms_per_block_fwd_bwd": rows}, out_dir=args.results_dir)
+                 metrics, out_dir=args.results_dir)
 
 
 if __name__ == "__main__":
