@@ -26,12 +26,15 @@
 #      HSDP as two rendezvous "nodes" of 4 GPUs trains and resumes
 #   v  one GPU: the GPU tests, then small and large against the wheel in .whl/prev (BASE_SHA names
 #      it), then a profile of the large model
-#   f  one GPU: the GPU tests; end-to-end training, large and small, against the wheel in
-#      .whl/prev; the residual + LayerNorm kernel's benchmark; one block's forward + backward
-#      (benchmarks/block_breakdown.py), large and small, against .whl/prev
+#   f  one GPU: the residual + LayerNorm kernel's benchmark; the GPU tests; end-to-end training,
+#      large and small, against the wheel in .whl/prev; one block's forward + backward and its
+#      kernels (benchmarks/block_breakdown.py), large and small, against .whl/prev; then large at
+#      the recipe's own global batch (512), against .whl/prev
+#   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
+#      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|x|s|e|v|f NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|x|s|e|v|f|g NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -211,19 +214,28 @@ v)
     train.global_batch=64 train.micro_batch=16
   ;;
 f)
+  task kernel-residual-norm 90 gpu0 kernel_residual_norm.log python3 benchmarks/kernel_residual_norm.py --results-dir "$OUT"
   task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
   task large-new 100 bench new 1 large-new owt_large.toml train.global_batch=64 train.micro_batch=16
   task large-prev 100 bench prev 1 large-prev owt_large.toml train.global_batch=64 train.micro_batch=16
-  task small-new 90 bench new 1 small-new owt.toml train.global_batch=128 train.micro_batch=32
-  task small-prev 90 bench prev 1 small-prev owt.toml train.global_batch=128 train.micro_batch=32
-  task kernel-residual-norm 90 gpu0 kernel_residual_norm.log python3 benchmarks/kernel_residual_norm.py --results-dir "$OUT"
   for model in large:16 small:32; do   # size:micro-batch
     size=${model%:*} batch=${model#*:}
     task blocks-$size-new 100 gpu0 blocks_${size}_new.log python3 benchmarks/block_breakdown.py --size $size \
-      --batch $batch --results-dir "$OUT"
+      --batch $batch --profile --results-dir "$OUT"
     WHEEL=prev task blocks-$size-prev 100 gpu0 blocks_${size}_prev.log python3 benchmarks/block_breakdown.py \
-      --size $size --batch $batch --variants block --results-dir "$OUT"
+      --size $size --batch $batch --variants block --profile --results-dir "$OUT"
   done
+  task small-new 90 bench new 1 small-new owt.toml train.global_batch=128 train.micro_batch=32
+  task small-prev 90 bench prev 1 small-prev owt.toml train.global_batch=128 train.micro_batch=32
+  WARMUP=2 STEPS=4 task large-new-g512 160 bench new 1 large-new-g512 owt_large.toml
+  WARMUP=2 STEPS=4 task large-prev-g512 160 bench prev 1 large-prev-g512 owt_large.toml
+  ;;
+g)
+  task blocks-large-kernels 200 gpu0 blocks_large_kernels.log python3 benchmarks/block_breakdown.py --size large \
+    --batch 16 --profile --variants block,bf16_params,matmuls_attention,attention_cudnn,attention_flash,attention_efficient \
+    --results-dir "$OUT"
+  task blocks-large-autotune 300 gpu0 blocks_large_autotune.log python3 benchmarks/block_breakdown.py --size large \
+    --batch 16 --profile --variants max_autotune --results-dir "$OUT"
   ;;
 p)
   task prof-small-1gpu 150 bench new 1 small-1gpu-profile owt.toml --profile 2 --trace "$OUT/small1.json" train.global_batch=128 train.micro_batch=32

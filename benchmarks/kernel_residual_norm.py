@@ -1,8 +1,8 @@
 """Residual + LayerNorm + adaLN kernel (imdm.kernels.residual_norm) against torch.compile of its
 eager reference (what Inductor makes of the same ops) on CUDA: x float32 [B, L, d], bf16 branch,
 gate, shift and scale, bf16 h, dropout 0.1, forward and forward + backward, in ms and as a share
-of the HBM bandwidth for the bytes each must move. Also sweeps the backward's rows per program,
-rows at a time and warps.
+of the HBM bandwidth for the bytes each must move. Also times the backward's kernels alone (no
+autograd) over its rows per program, columns per program and warps.
 
     python benchmarks/kernel_residual_norm.py [--batch 16 --seq-len 1024 --d 1536] [--results-dir DIR]
 """
@@ -64,22 +64,33 @@ def main() -> None:
         rows[name] = {"forward_ms": fwd, "forward_backward_ms": both,
                       "forward": bandwidth(entries * FORWARD_BYTES_PER_ENTRY, fwd, peak),
                       "backward": bandwidth(entries * BACKWARD_BYTES_PER_ENTRY, both - fwd, peak)}
-    defaults = (residual_norm_triton.BACKWARD_ROWS, residual_norm_triton.BACKWARD_TILE,
-                residual_norm_triton.BACKWARD_WARPS)
+    knobs = ("BACKWARD_ROWS", "BACKWARD_CHUNK", "BACKWARD_WARPS")
+    defaults = tuple(getattr(residual_norm_triton, k) for k in knobs)
+    with torch.no_grad():
+        saved = residual_norm_triton.launch_forward(x, y, gate, seed, args.p, weight, shift, scale, 1e-5, torch.bfloat16)
+
+    def backward_kernels():
+        x_out, _, mean, rstd = saved
+        residual_norm_triton.launch_backward(grad_h, grad_x, x_out, mean, rstd, weight, scale, y, gate, seed, args.p)
+
     sweep = {}
-    for setting in ((8, 1, None), (16, 1, None), (32, 1, None), (64, 1, None), (16, 1, 4), (32, 2, None)):
-        (residual_norm_triton.BACKWARD_ROWS, residual_norm_triton.BACKWARD_TILE,
-         residual_norm_triton.BACKWARD_WARPS) = setting
-        sweep["rows %d tile %d warps %s" % setting] = time_ms(run(fused, True), args.iters)
-    residual_norm_triton.BACKWARD_ROWS, residual_norm_triton.BACKWARD_TILE, residual_norm_triton.BACKWARD_WARPS = defaults
+    for setting in (defaults, (16, 512, 2), (16, 512, 8), (32, 512, 4), (64, 512, 4), (16, 256, 2), (16, 256, 4),
+                    (16, 1024, 4), (16, 1024, 8)):
+        for knob, value in zip(knobs, setting):
+            setattr(residual_norm_triton, knob, value)
+        ms = time_ms(backward_kernels, args.iters)
+        sweep["rows %d chunk %d warps %d" % setting] = {"ms": ms, **bandwidth(entries * BACKWARD_BYTES_PER_ENTRY, ms,
+                                                                               peak)}
+    for knob, value in zip(knobs, defaults):
+        setattr(residual_norm_triton, knob, value)
     for name, r in rows.items():
         print(f"{name:20s} fwd {r['forward_ms']:.3f} ms ({r['forward']['hbm_fraction'] or 0:.0%} HBM)  fwd+bwd "
               f"{r['forward_backward_ms']:.3f} ms (bwd {r['backward']['hbm_fraction'] or 0:.0%} HBM)")
-    for setting, ms in sweep.items():
-        print(f"backward {setting}: fwd+bwd {ms:.3f} ms")
+    for setting, r in sweep.items():
+        print(f"backward kernels alone, {setting}: {r['ms']:.3f} ms ({r['hbm_fraction'] or 0:.0%} HBM)")
     write_result("kernel_residual_norm", "", {"batch": b, "seq_len": l, "d": d, "p": args.p, "iters": args.iters,
-                                              "backward_rows_tile_warps": defaults},
-                 {**rows, "fwd_bwd_ms_by_backward_setting": sweep}, out_dir=args.results_dir)
+                                              "backward_rows_chunk_warps": defaults},
+                 {**rows, "backward_kernels_by_setting": sweep}, out_dir=args.results_dir)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Fuses:    x_out = x + gate * dropout(y)            (the gated residual branch, float32 stream)
           h = LayerNorm(x_out) * w * (1 + scale) + shift   (fp32 statistics, no bias)
-          and the backward of both: grad x, y, gate, w, shift, scale in one pass over the rows.
+          and the backward of both: grad x, y, gate, w, shift, scale in two kernels (the rows'
+          LayerNorm sums, then an elementwise pass over row x column tiles).
 Replaces: Inductor's fusions of the same ops in the compiled DiT block (nn.Dropout, the residual
           add, LayerNormNoBias and `modulate`): a dozen kernels per block that re-read the
           float32 stream, recompute LayerNorm in the backward and draw dropout masks with Philox.

@@ -1,6 +1,6 @@
 """Residual + LayerNorm + adaLN kernel (imdm.kernels.residual_norm) against its eager reference:
 forward and every gradient at odd shapes (rows not a multiple of the backward's row tile, d not
-a power of two), with and without the residual branch and dropout, through the Triton
+a power of two nor a multiple of its column chunk), with and without the residual branch and dropout, through the Triton
 interpreter on CPU (and on the GPU, also inside torch.compile); the dropout mask's rate and its dependence on the seed alone; the
 DiT wired through the kernel equal to the DiT on the reference; and, on the GPU, bf16 errors
 within PyTorch's own."""
@@ -62,13 +62,14 @@ def test_kernel_matches_reference(device, residual, p, b, l, d):
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="Triton on CPU needs the interpreter")
-def test_strided_output_gradients_and_row_tiles(monkeypatch):
-    """A broadcast (stride-0) gradient of x_out, and the backward taking rows two at a time with
-    partial tiles at the end of each sequence."""
+def test_strided_output_gradients_and_row_and_column_tiles(monkeypatch):
+    """A broadcast (stride-0) gradient of x_out, and the backward in tiles of 4 rows x 8 columns,
+    partial at the end of each sequence and of each row; a chunk that is not a power of two is
+    refused."""
     from imdm.kernels import residual_norm_triton
-    monkeypatch.setattr(residual_norm_triton, "BACKWARD_TILE", 2)
     monkeypatch.setattr(residual_norm_triton, "BACKWARD_ROWS", 4)
-    inputs = _inputs(1, 7, 13, True, "cpu")
+    monkeypatch.setattr(residual_norm_triton, "BACKWARD_CHUNK", 8)
+    inputs = _inputs(2, 7, 13, True, "cpu")
     seed = torch.tensor([9])
     grads = {}
     for backend in ("eager", "triton"):
@@ -80,8 +81,8 @@ def test_strided_output_gradients_and_row_tiles(monkeypatch):
         grads[backend] = {k: t.grad.clone() for k, t in inputs.items()}
     for name, grad in grads["eager"].items():
         torch.testing.assert_close(grads["triton"][name], grad, **TOL, msg=name)
-    monkeypatch.setattr(residual_norm_triton, "BACKWARD_TILE", 3)
-    with pytest.raises(ValueError, match="multiple of BACKWARD_TILE"):
+    monkeypatch.setattr(residual_norm_triton, "BACKWARD_CHUNK", 12)
+    with pytest.raises(ValueError, match="BACKWARD_CHUNK .12. must be a power of two"):
         residual_norm_modulate(inputs["x"], inputs["y"], inputs["gate"], seed, 0.3, inputs["weight"], inputs["shift"],
                                inputs["scale"], torch.float32, backend="triton")[1].sum().backward()
 
