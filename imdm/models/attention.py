@@ -46,15 +46,11 @@ class SelfAttention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim) if qk_norm else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [B, L, d]; cos, sin [L, head_dim // 2] (rotary_tables)."""
         b, l, d = x.shape
-        qkv = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads)
-        qk = qkv[:, :, :2]
+        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         if self.q_norm is not None:
-            qk = torch.stack([self.q_norm(qk[:, :, 0]), self.k_norm(qk[:, :, 1])], dim=2)
-        # q and k rotated together: one pass over both in the forward and one in the backward
-        q, k = apply_rotary(qk, cos[:, None, None], sin[:, None, None]).unbind(2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.backend == "sdpa":
             with sdpa_kernel(SDPA_PRIORITY, set_priority=True):
                 y = F.scaled_dot_product_attention(q, k, v)

@@ -35,15 +35,16 @@ class TimestepEmbedder(nn.Module):
 
 
 def rotary_tables(seq_len: int, head_dim: int, device, base: float = 10_000.0):
-    """cos, sin [L, head_dim // 2] in float32: the angles of the rotate-half convention (each
-    is shared by entries i and i + head_dim // 2 of a head)."""
+    """cos, sin [L, head_dim] in float32 for the rotate-half convention over the full head."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the pairs (x_i, x_{i + hd/2}) of x [..., hd] by the angles whose cos, sin broadcast
-    to x[..., :hd/2], in float32; returns x's dtype."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+    """Rotate [B, H, L, hd] by position, in float32; returns x's dtype."""
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
