@@ -30,11 +30,13 @@
 #      large and small, against the wheel in .whl/prev; one block's forward + backward and its
 #      kernels (benchmarks/block_breakdown.py), large and small, against .whl/prev; then large at
 #      the recipe's own global batch (512), against .whl/prev
+#   r  one GPU: end-to-end training only, as in f (large, small, then large at global batch 512),
+#      each against .whl/prev
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|x|s|e|v|f|g NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|x|s|e|v|f|g|r NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -225,6 +227,14 @@ f)
     WHEEL=prev task blocks-$size-prev 100 gpu0 blocks_${size}_prev.log python3 benchmarks/block_breakdown.py \
       --size $size --batch $batch --variants block --profile --results-dir "$OUT"
   done
+  task small-new 90 bench new 1 small-new owt.toml train.global_batch=128 train.micro_batch=32
+  task small-prev 90 bench prev 1 small-prev owt.toml train.global_batch=128 train.micro_batch=32
+  WARMUP=2 STEPS=4 task large-new-g512 160 bench new 1 large-new-g512 owt_large.toml
+  WARMUP=2 STEPS=4 task large-prev-g512 160 bench prev 1 large-prev-g512 owt_large.toml
+  ;;
+r)
+  task large-new 100 bench new 1 large-new owt_large.toml train.global_batch=64 train.micro_batch=16
+  task large-prev 100 bench prev 1 large-prev owt_large.toml train.global_batch=64 train.micro_batch=16
   task small-new 90 bench new 1 small-new owt.toml train.global_batch=128 train.micro_batch=32
   task small-prev 90 bench prev 1 small-prev owt.toml train.global_batch=128 train.micro_batch=32
   WARMUP=2 STEPS=4 task large-new-g512 160 bench new 1 large-new-g512 owt_large.toml
