@@ -30,8 +30,8 @@
 #      large and small, against the wheel in .whl/prev; one block's forward + backward and its
 #      kernels (benchmarks/block_breakdown.py), large and small, against .whl/prev; then large at
 #      the recipe's own global batch (512), against .whl/prev
-#   r  one GPU: end-to-end training only, as in f (large, small, then large at global batch 512),
-#      each against .whl/prev
+#   r  one GPU: end-to-end training as in f (large, small, then large at global batch 512), each
+#      against .whl/prev; then the residual + LayerNorm kernel's benchmark at the small model's shape
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
@@ -239,6 +239,8 @@ r)
   task small-prev 90 bench prev 1 small-prev owt.toml train.global_batch=128 train.micro_batch=32
   WARMUP=2 STEPS=4 task large-new-g512 160 bench new 1 large-new-g512 owt_large.toml
   WARMUP=2 STEPS=4 task large-prev-g512 160 bench prev 1 large-prev-g512 owt_large.toml
+  task kernel-residual-norm-small 60 gpu0 kernel_residual_norm_small.log python3 benchmarks/kernel_residual_norm.py \
+    --batch 32 --d 768 --results-dir "$OUT"
   ;;
 g)
   task blocks-large-kernels 200 gpu0 blocks_large_kernels.log python3 benchmarks/block_breakdown.py --size large \

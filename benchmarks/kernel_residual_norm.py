@@ -74,7 +74,7 @@ def main() -> None:
         residual_norm_triton.launch_backward(grad_h, grad_x, x_out, mean, rstd, weight, scale, y, gate, seed, args.p)
 
     sweep = {}
-    for setting in (defaults, (16, 512, 2), (16, 512, 8), (32, 512, 4), (64, 512, 4), (16, 256, 2), (16, 256, 4),
+    for setting in (defaults, (16, 512, 2), (16, 512, 4), (16, 512, 8), (32, 512, 4), (64, 512, 4), (16, 256, 4),
                     (16, 1024, 4), (16, 1024, 8)):
         for knob, value in zip(knobs, setting):
             setattr(residual_norm_triton, knob, value)
