@@ -32,11 +32,12 @@
 #      the recipe's own global batch (512), against .whl/prev
 #   r  one GPU: end-to-end training as in f (large, small, then large at global batch 512), each
 #      against .whl/prev; then the residual + LayerNorm kernel's benchmark at the small model's shape
+#   t  one GPU: the GPU tests, then one block's forward + backward and its kernels, large and small
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|x|s|e|v|f|g|r NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|x|s|e|v|f|g|r|t NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -241,6 +242,13 @@ r)
   WARMUP=2 STEPS=4 task large-prev-g512 160 bench prev 1 large-prev-g512 owt_large.toml
   task kernel-residual-norm-small 60 gpu0 kernel_residual_norm_small.log python3 benchmarks/kernel_residual_norm.py \
     --batch 32 --d 768 --results-dir "$OUT"
+  ;;
+t)
+  task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
+  task blocks-large-new 100 gpu0 blocks_large_new.log python3 benchmarks/block_breakdown.py --size large --batch 16 \
+    --variants block --profile --results-dir "$OUT"
+  task blocks-small-new 100 gpu0 blocks_small_new.log python3 benchmarks/block_breakdown.py --size small --batch 32 \
+    --variants block --profile --results-dir "$OUT"
   ;;
 g)
   task blocks-large-kernels 200 gpu0 blocks_large_kernels.log python3 benchmarks/block_breakdown.py --size large \
