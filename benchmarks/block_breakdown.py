@@ -53,7 +53,8 @@ class AttentionOnly(nn.Module):
 
     def forward(self, x, c, cos, sin):
         b, l, d = x.shape
-        q, k, v = x.to(torch.bfloat16).repeat(1, 1, 3).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        qkv = x.to(torch.bfloat16).repeat(1, 1, 3).view(b, l, 3, self.n_heads, d // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         with sdpa_kernel([self.backend]):
             return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, l, d)
 

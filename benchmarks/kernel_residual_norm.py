@@ -67,7 +67,8 @@ def main() -> None:
     knobs = ("BACKWARD_ROWS", "BACKWARD_CHUNK", "BACKWARD_WARPS")
     defaults = tuple(getattr(residual_norm_triton, k) for k in knobs)
     with torch.no_grad():
-        saved = residual_norm_triton.launch_forward(x, y, gate, seed, args.p, weight, shift, scale, 1e-5, torch.bfloat16)
+        saved = residual_norm_triton.launch_forward(x, y, gate, seed, args.p, weight, shift, scale, 1e-5,
+                                                    torch.bfloat16)
 
     def backward_kernels():
         x_out, _, mean, rstd = saved

@@ -15,11 +15,11 @@ from imdm.kernels.hash32 import stream_keys, uniform24
 # rows of one sequence and BACKWARD_CHUNK columns (a power of two), with BACKWARD_WARPS warps, and
 # keeps the parameter-gradient sums of its rows in registers until it ends. A chunk rather than a
 # whole row per program needs fewer registers, so more programs can share an SM (inferred, not
-# profiled). The single-kernel backward of 1198eda, a whole row per program, took 0.219 ms per call inside the large DiT block on an H200; these two, 0.171
-# (benchmarks/block_breakdown.py --profile). benchmarks/kernel_residual_norm.py sweeps the three:
-# at [16, 1024, 1536], chunks of 256, 512 and 1024 columns with 2-8 warps and 16-64 rows were
-# within 0.207-0.237 ms; at [32, 1024, 768] the 256 x 2 kept was the fastest (0.208 ms), and
-# 256 columns divide both models' widths (768 and 1536).
+# profiled). The single-kernel backward of 1198eda, a whole row per program, took 0.219 ms per
+# call inside the large DiT block on an H200; these two take 0.171 (block_breakdown --profile).
+# benchmarks/kernel_residual_norm.py sweeps the three: at [16, 1024, 1536], chunks of 256, 512
+# and 1024 columns with 2-8 warps and 16-64 rows were within 0.207-0.237 ms; at [32, 1024, 768]
+# the 256 x 2 kept was the fastest (0.208 ms), and 256 columns divide both models' widths.
 BACKWARD_ROWS = 16
 BACKWARD_CHUNK = 256
 BACKWARD_WARPS = 2

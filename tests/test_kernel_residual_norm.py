@@ -1,9 +1,9 @@
 """Residual + LayerNorm + adaLN kernel (imdm.kernels.residual_norm) against its eager reference:
-forward and every gradient at odd shapes (rows not a multiple of the backward's row tile, d not
-a power of two nor a multiple of its column chunk), with and without the residual branch and dropout, through the Triton
-interpreter on CPU (and on the GPU, also inside torch.compile); the dropout mask's rate and its dependence on the seed alone; the
-DiT wired through the kernel equal to the DiT on the reference; and, on the GPU, bf16 errors
-within PyTorch's own."""
+forward and every gradient at odd shapes (rows not a multiple of the backward's row tile, d
+neither a power of two nor a multiple of its column chunk), with and without the residual branch
+and dropout, through the Triton interpreter on CPU (and on the GPU, also inside torch.compile);
+the dropout mask's rate and its dependence on the seed alone; the DiT wired through the kernel
+equal to the DiT on the reference; and, on the GPU, bf16 errors within PyTorch's own."""
 
 import os
 
