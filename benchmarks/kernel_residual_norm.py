@@ -1,8 +1,9 @@
 """Residual + LayerNorm + adaLN kernel (imdm.kernels.residual_norm) against torch.compile of its
 eager reference (what Inductor makes of the same ops) on CUDA: x float32 [B, L, d], bf16 branch,
 gate, shift and scale, bf16 h, dropout 0.1, forward and forward + backward, in ms and as a share
-of the HBM bandwidth for the bytes each must move. Also times the backward's kernels alone (no
-autograd) over its rows per program, columns per program and warps.
+of the HBM bandwidth for the bytes each must move. Also times the backward's launch alone (its
+two kernels, buffers and parameter-gradient sums; no autograd) over its rows per program,
+columns per program and warps.
 
     python benchmarks/kernel_residual_norm.py [--batch 16 --seq-len 1024 --d 1536] [--results-dir DIR]
 """
@@ -88,7 +89,7 @@ def main() -> None:
         print(f"{name:20s} fwd {r['forward_ms']:.3f} ms ({r['forward']['hbm_fraction'] or 0:.0%} HBM)  fwd+bwd "
               f"{r['forward_backward_ms']:.3f} ms (bwd {r['backward']['hbm_fraction'] or 0:.0%} HBM)")
     for setting, r in sweep.items():
-        print(f"backward kernels alone, {setting}: {r['ms']:.3f} ms ({r['hbm_fraction'] or 0:.0%} HBM)")
+        print(f"backward launch alone, {setting}: {r['ms']:.3f} ms ({r['hbm_fraction'] or 0:.0%} HBM)")
     write_result("kernel_residual_norm", "", {"batch": b, "seq_len": l, "d": d, "p": args.p, "iters": args.iters,
                                               "backward_rows_chunk_warps": defaults},
                  {**rows, "backward_kernels_by_setting": sweep}, out_dir=args.results_dir)

@@ -19,7 +19,8 @@ from imdm.kernels.hash32 import stream_keys, uniform24
 # call inside the large DiT block on an H200; these two take 0.171 (block_breakdown --profile).
 # benchmarks/kernel_residual_norm.py sweeps the three: at [16, 1024, 1536], chunks of 256, 512
 # and 1024 columns with 2-8 warps and 16-64 rows were within 0.207-0.237 ms; at [32, 1024, 768]
-# the 256 x 2 kept was the fastest (0.208 ms), and 256 columns divide both models' widths.
+# the 256 x 2 kept was the fastest (0.208 ms; 1024 x 8 there took 5.2 ms, not investigated), and
+# 256 columns divide both models' widths.
 BACKWARD_ROWS = 16
 BACKWARD_CHUNK = 256
 BACKWARD_WARPS = 2
@@ -159,7 +160,7 @@ def launch_forward(x, y, gate, seed, p, weight, shift, scale, eps, h_dtype):
 def launch_backward(dh, dx_out, x_out, mean, rstd, weight, scale, y, gate, seed, p):
     """(dx, dy, d_weight, d_shift, d_scale, d_gate) in float32 except dy (y's dtype); dy and
     d_gate are empty without a branch `y`."""
-    if BACKWARD_CHUNK & (BACKWARD_CHUNK - 1):
+    if BACKWARD_CHUNK <= 0 or BACKWARD_CHUNK & (BACKWARD_CHUNK - 1):
         raise ValueError(f"BACKWARD_CHUNK ({BACKWARD_CHUNK}) must be a power of two")
     d = x_out.shape[-1]
     rows, batch = x_out.numel() // d, scale.shape[0]

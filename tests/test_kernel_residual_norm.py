@@ -62,29 +62,53 @@ def test_kernel_matches_reference(device, residual, p, b, l, d):
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="Triton on CPU needs the interpreter")
-def test_strided_output_gradients_and_row_and_column_tiles(monkeypatch):
+@pytest.mark.parametrize("residual", [True, False])
+def test_strided_output_gradients_and_row_and_column_tiles(monkeypatch, residual):
     """A broadcast (stride-0) gradient of x_out, and the backward in tiles of 4 rows x 8 columns,
     partial at the end of each sequence and of each row; a chunk that is not a power of two is
     refused."""
     from imdm.kernels import residual_norm_triton
     monkeypatch.setattr(residual_norm_triton, "BACKWARD_ROWS", 4)
     monkeypatch.setattr(residual_norm_triton, "BACKWARD_CHUNK", 8)
-    inputs = _inputs(2, 7, 13, True, "cpu")
+    inputs = _inputs(2, 7, 13, residual, "cpu")
     seed = torch.tensor([9])
     grads = {}
     for backend in ("eager", "triton"):
         for t in inputs.values():
-            t.grad = None
+            if t is not None:
+                t.grad = None
         x_out, h = residual_norm_modulate(inputs["x"], inputs["y"], inputs["gate"], seed, 0.3, inputs["weight"],
                                           inputs["shift"], inputs["scale"], torch.float32, backend=backend)
         (x_out.sum() + h.square().sum()).backward()
-        grads[backend] = {k: t.grad.clone() for k, t in inputs.items()}
+        grads[backend] = {k: t.grad.clone() for k, t in inputs.items() if t is not None}
     for name, grad in grads["eager"].items():
         torch.testing.assert_close(grads["triton"][name], grad, **TOL, msg=name)
-    monkeypatch.setattr(residual_norm_triton, "BACKWARD_CHUNK", 12)
-    with pytest.raises(ValueError, match="BACKWARD_CHUNK .12. must be a power of two"):
-        residual_norm_modulate(inputs["x"], inputs["y"], inputs["gate"], seed, 0.3, inputs["weight"], inputs["shift"],
-                               inputs["scale"], torch.float32, backend="triton")[1].sum().backward()
+    for chunk in (12, 0):
+        monkeypatch.setattr(residual_norm_triton, "BACKWARD_CHUNK", chunk)
+        with pytest.raises(ValueError, match=f"BACKWARD_CHUNK .{chunk}. must be a power of two"):
+            residual_norm_modulate(inputs["x"], inputs["y"], inputs["gate"], seed, 0.3, inputs["weight"],
+                                   inputs["shift"], inputs["scale"], torch.float32, backend="triton")[1].sum().backward()
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="Triton on CPU needs the interpreter")
+def test_backward_launch_without_an_x_out_gradient():
+    """The kernels' backward given no gradient for x_out (a branch that only feeds h) equals the
+    reference's gradients of h alone."""
+    from imdm.kernels.residual_norm import residual_norm_reference
+    from imdm.kernels.residual_norm_triton import launch_backward, launch_forward
+    inputs = _inputs(2, 19, 37, True, "cpu")
+    seed, p = torch.tensor([4]), 0.2
+    args = (inputs["x"], inputs["y"], inputs["gate"], seed, p, inputs["weight"], inputs["shift"], inputs["scale"])
+    _, h = residual_norm_reference(*args, 1e-5, torch.float32)
+    dh = torch.randn(h.shape, generator=torch.Generator().manual_seed(5))
+    names = ("x", "y", "gate", "weight", "shift", "scale")
+    expected = torch.autograd.grad(h, [inputs[n] for n in names], dh)
+    with torch.no_grad():
+        x_out, _, mean, rstd = launch_forward(*args, 1e-5, torch.float32)
+        dx, dy, d_w, d_shift, d_scale, d_gate = launch_backward(dh, None, x_out, mean, rstd, inputs["weight"],
+                                                                inputs["scale"], inputs["y"], inputs["gate"], seed, p)
+    for name, got, want in zip(names, (dx, dy, d_gate, d_w, d_shift, d_scale), expected):
+        torch.testing.assert_close(got, want, **TOL, msg=name)
 
 
 def test_a_branch_without_its_gate_is_refused():
