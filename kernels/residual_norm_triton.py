@@ -27,19 +27,11 @@ BACKWARD_WARPS = 2
 
 
 @triton.jit
-def _dropout_keys(seed_ptr, DROPOUT: tl.constexpr, STREAM: tl.constexpr):
-    """The hash keys of the dropout seed, derived once per program (zeros without dropout, when
-    seed_ptr is a placeholder)."""
-    if DROPOUT:
-        return stream_keys(tl.load(seed_ptr), STREAM)
-    return tl.full((), 0, tl.uint32), tl.full((), 0, tl.uint32)
-
-
-@triton.jit
-def _keep_scale(k1, k2, offs, p, inv_keep, DROPOUT: tl.constexpr):
+def _keep_scale(seed_ptr, offs, p, inv_keep, DROPOUT: tl.constexpr, STREAM: tl.constexpr):
     """Per entry, 1 / (1 - p) where dropout keeps it and 0 where it drops it (1 without dropout):
     entry `offs` (its flat index, modulo 2^32) is dropped when its uniform24 draw is below p."""
     if DROPOUT:
+        k1, k2 = stream_keys(tl.load(seed_ptr), STREAM)
         return tl.where(uniform24(offs.to(tl.uint32), k1, k2) >= p, inv_keep, 0.0)
     return tl.full(offs.shape, 1.0, tl.float32)
 
@@ -62,9 +54,8 @@ def _forward_kernel(x_ptr, y_ptr, gate_ptr, seed_ptr, w_ptr, shift_ptr, scale_pt
     seq_offs = (row // seq_len) * d + cols
     x = tl.load(x_ptr + offs, mask=live, other=0.0).to(tl.float32)
     if RESIDUAL:
-        k1, k2 = _dropout_keys(seed_ptr, DROPOUT, STREAM)
-        y = tl.load(y_ptr + offs, mask=live, other=0.0).to(tl.float32) * _keep_scale(k1, k2, offs, p, inv_keep,
-                                                                                        DROPOUT)
+        y = tl.load(y_ptr + offs, mask=live, other=0.0).to(tl.float32) * _keep_scale(seed_ptr, offs, p, inv_keep,
+                                                                                        DROPOUT, STREAM)
         x = x + tl.load(gate_ptr + seq_offs, mask=live, other=0.0).to(tl.float32) * y
         tl.store(x_out_ptr + offs, x, mask=live)
     mean = tl.sum(x, axis=0) / d
@@ -115,7 +106,6 @@ def _backward_kernel(dh_ptr, dx_out_ptr, x_out_ptr, mean_ptr, rstd_ptr, terms_pt
     gate = tl.zeros((CHUNK,), tl.float32)
     if RESIDUAL:
         gate = tl.load(gate_ptr + seq_offs, mask=col_live, other=0.0).to(tl.float32)
-    k1, k2 = _dropout_keys(seed_ptr, DROPOUT, STREAM)
     sum_dh = tl.zeros((CHUNK,), tl.float32)
     sum_dh_xhat = tl.zeros((CHUNK,), tl.float32)   # d_w = (1 + scale) * this, d_scale = w * this
     d_gate = tl.zeros((CHUNK,), tl.float32)
@@ -135,7 +125,7 @@ def _backward_kernel(dh_ptr, dx_out_ptr, x_out_ptr, mean_ptr, rstd_ptr, terms_pt
             dx += tl.load(dx_out_ptr + offs, mask=live, other=0.0)
         tl.store(dx_ptr + offs, dx, mask=live)
         if RESIDUAL:
-            keep = _keep_scale(k1, k2, offs, p, inv_keep, DROPOUT)
+            keep = _keep_scale(seed_ptr, offs, p, inv_keep, DROPOUT, STREAM)
             d_gate += dx * keep * tl.load(y_ptr + offs, mask=live, other=0.0).to(tl.float32)
             tl.store(dy_ptr + offs, (dx * gate * keep).to(dy_ptr.dtype.element_ty), mask=live)
     part = part_ptr + pid.to(tl.int64) * 4 * d + cols
@@ -149,16 +139,11 @@ def _num_warps(block_d: int) -> int:
     return max(1, min(16, block_d // 256))
 
 
-def _branch_and_dropout(y, seed, p) -> tuple[bool, bool]:
-    """(a residual branch comes in, it is dropped out): the kernels' RESIDUAL and DROPOUT."""
-    return y is not None, y is not None and seed is not None and p > 0
-
-
 def launch_forward(x, y, gate, seed, p, weight, shift, scale, eps, h_dtype):
     """(x_out, h, mean, rstd); x_out is empty without a branch `y`."""
     d = x.shape[-1]
     rows, batch = x.numel() // d, shift.shape[0]
-    residual, dropout = _branch_and_dropout(y, seed, p)
+    residual, dropout = y is not None, y is not None and seed is not None and p > 0
     x_out = torch.empty_like(x) if residual else x.new_empty(0)
     h = torch.empty(x.shape, dtype=h_dtype, device=x.device)
     mean = torch.empty(rows, dtype=torch.float32, device=x.device)
@@ -180,7 +165,7 @@ def launch_backward(dh, dx_out, x_out, mean, rstd, weight, scale, y, gate, seed,
     d = x_out.shape[-1]
     rows, batch = x_out.numel() // d, scale.shape[0]
     seq_len = rows // batch
-    residual, dropout = _branch_and_dropout(y, seed, p)
+    residual, dropout = y is not None, y is not None and seed is not None and p > 0
     block_d = triton.next_power_of_2(d)
     terms = torch.empty(rows, 2, dtype=torch.float32, device=x_out.device)
     wrap_triton(_row_terms_kernel)[(rows,)](dh, x_out, mean, rstd, weight, scale, terms, seq_len, d, BLOCK_D=block_d,
