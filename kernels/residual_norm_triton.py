@@ -125,6 +125,9 @@ def _backward_kernel(dh_ptr, dx_out_ptr, x_out_ptr, mean_ptr, rstd_ptr, terms_pt
             dx += tl.load(dx_out_ptr + offs, mask=live, other=0.0)
         tl.store(dx_ptr + offs, dx, mask=live)
         if RESIDUAL:
+            # the seed's keys are derived per row: derived once before the loop (aaeec33), this
+            # kernel took 0.261 ms per large DiT block on an H200 against 0.239 (small: 0.259
+            # against 0.238), in calls whose other kernels timed the same
             keep = _keep_scale(seed_ptr, offs, p, inv_keep, DROPOUT, STREAM)
             d_gate += dx * keep * tl.load(y_ptr + offs, mask=live, other=0.0).to(tl.float32)
             tl.store(dy_ptr + offs, (dx * gate * keep).to(dy_ptr.dtype.element_ty), mask=live)
@@ -139,11 +142,16 @@ def _num_warps(block_d: int) -> int:
     return max(1, min(16, block_d // 256))
 
 
+def _branch_and_dropout(y, seed, p) -> tuple[bool, bool]:
+    """(a residual branch comes in, it is dropped out): the kernels' RESIDUAL and DROPOUT."""
+    return y is not None, y is not None and seed is not None and p > 0
+
+
 def launch_forward(x, y, gate, seed, p, weight, shift, scale, eps, h_dtype):
     """(x_out, h, mean, rstd); x_out is empty without a branch `y`."""
     d = x.shape[-1]
     rows, batch = x.numel() // d, shift.shape[0]
-    residual, dropout = y is not None, y is not None and seed is not None and p > 0
+    residual, dropout = _branch_and_dropout(y, seed, p)
     x_out = torch.empty_like(x) if residual else x.new_empty(0)
     h = torch.empty(x.shape, dtype=h_dtype, device=x.device)
     mean = torch.empty(rows, dtype=torch.float32, device=x.device)
@@ -165,7 +173,7 @@ def launch_backward(dh, dx_out, x_out, mean, rstd, weight, scale, y, gate, seed,
     d = x_out.shape[-1]
     rows, batch = x_out.numel() // d, scale.shape[0]
     seq_len = rows // batch
-    residual, dropout = y is not None, y is not None and seed is not None and p > 0
+    residual, dropout = _branch_and_dropout(y, seed, p)
     block_d = triton.next_power_of_2(d)
     terms = torch.empty(rows, 2, dtype=torch.float32, device=x_out.device)
     wrap_triton(_row_terms_kernel)[(rows,)](dh, x_out, mean, rstd, weight, scale, terms, seq_len, d, BLOCK_D=block_d,
