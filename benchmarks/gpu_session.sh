@@ -217,16 +217,6 @@ v)
   task prof-large-1gpu 150 bench new 1 large-1gpu-profile owt_large.toml --profile 1 --trace "$OUT/large1.json" \
     train.global_batch=64 train.micro_batch=16
   ;;
-o)
-  G64="train.global_batch=64 train.micro_batch=16" G128="train.global_batch=128 train.micro_batch=32"
-  task large-base 100 bench new 1 large-base owt_large.toml $G64
-  IMDM_FSDP_ONE=1 IMDM_FSDP_ROOT_FP32=1 task large-fsdp1-root32 110 bench new 1 large-fsdp1-root32 owt_large.toml $G64
-  IMDM_FSDP_ONE=1 task large-fsdp1 110 bench new 1 large-fsdp1 owt_large.toml $G64
-  task small-base 90 bench new 1 small-base owt.toml $G128
-  IMDM_FSDP_ONE=1 IMDM_FSDP_ROOT_FP32=1 task small-fsdp1-root32 100 bench new 1 small-fsdp1-root32 owt.toml $G128
-  WARMUP=2 STEPS=4 task large-base-g512 130 bench new 1 large-base-g512 owt_large.toml
-  IMDM_FSDP_ONE=1 IMDM_FSDP_ROOT_FP32=1 WARMUP=2 STEPS=4 task large-fsdp1-g512 140 bench new 1 large-fsdp1-g512 owt_large.toml
-  ;;
 f)
   task kernel-residual-norm 90 gpu0 kernel_residual_norm.log python3 benchmarks/kernel_residual_norm.py --results-dir "$OUT"
   task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests

@@ -4,10 +4,7 @@ sharding when several ranks train."""
 
 from __future__ import annotations
 
-import os
-
 import torch
-import torch.distributed
 
 from imdm.build import build_model
 from imdm.parallel.compile import apply_activation_checkpointing, compile_blocks
@@ -28,10 +25,7 @@ def training_model(recipe: Recipe, vocab_size: int, mask_id: int, dist: DistInfo
     if compile_enabled(recipe, dist.device):
         compile_blocks(model)
     model.to(dist.device)
-    if dist.world_size > 1 or os.environ.get("IMDM_FSDP_ONE"):
-        if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if dist.device.type == "cuda" else "gloo",
-                                                 store=torch.distributed.HashStore(), rank=0, world_size=1)
+    if dist.world_size > 1:
         mesh = data_parallel_mesh(dist.device.type, dist.world_size, p.replicate)
         param_dtype = torch.bfloat16 if p.param_dtype == "bf16" and dist.device.type == "cuda" else None
         apply_fsdp(model, mesh, param_dtype, p.reshard_after_forward)
