@@ -270,3 +270,56 @@ def test_gathered_parameters_across_gradient_accumulation(tmp_path, reshard_afte
             assert gathered() is not last
     finally:
         dist.destroy_process_group()
+
+
+def test_bf16_gathering_keeps_the_embedding_and_the_head_float32(tmp_path):
+    """With blocks gathered in bf16, a one-rank FSDP2 model computes what the unsharded model
+    computes under autocast when the blocks' parameters are bf16 numbers: the token embedding,
+    the mask states and the head are used in float32 (their values here are not bf16 numbers),
+    and the fused loss's float32 head gradient is not rounded to bf16."""
+    import torch.distributed as dist
+
+    from imdm.models.dit import DiT, DiTConfig
+    from imdm.models.mask_state import MaskStateConfig
+    from imdm.parallel.fsdp import apply_fsdp
+    from imdm.parallel.mesh import data_parallel_mesh
+
+    def model():
+        torch.manual_seed(0)
+        dit = DiT(DiTConfig(vocab_size=17, mask_id=16, d_model=32, n_blocks=2, n_heads=2, dropout=0.0,
+                            mask_state=MaskStateConfig(noise_dim=8)))
+        with torch.no_grad():
+            for name, p in dit.named_parameters():
+                p.normal_(0.0, 0.3 if "norm" not in name else 1.0)
+                if name.startswith("blocks."):
+                    p.copy_(p.bfloat16())
+        return dit
+
+    tokens = torch.randint(0, 17, (2, 5), generator=torch.Generator().manual_seed(1))
+    tokens[:, 1:3] = 16
+    noise = torch.rand(2, 5, 8, generator=torch.Generator().manual_seed(2))
+    select = (tokens == 16).nonzero(as_tuple=True)
+    targets = torch.tensor([3, 5, 7, 9])
+
+    def run(dit):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = dit(tokens, noise).float()
+            loss = dit(tokens, noise, select=select, targets=targets, row_weight=torch.full((4,), 0.7))
+        loss.backward()
+        grad = dit.head.linear.weight.grad
+        return logits, grad.full_tensor() if hasattr(grad, "full_tensor") else grad
+
+    plain_logits, plain_grad = run(model())
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        sharded = model()
+        apply_fsdp(sharded, data_parallel_mesh("cpu", 1, 1), torch.bfloat16, reshard_after_forward=False)
+        seen = {}
+        sharded.blocks[0].register_forward_pre_hook(lambda m, _: seen.update(block=m.mlp[0].weight.dtype))
+        sharded_logits, sharded_grad = run(sharded)
+    finally:
+        dist.destroy_process_group()
+    assert seen["block"] == torch.bfloat16
+    assert plain_logits.abs().max() > 0.1 and plain_grad.abs().max() > 1e-3
+    torch.testing.assert_close(sharded_logits, plain_logits, rtol=0, atol=0)
+    torch.testing.assert_close(sharded_grad, plain_grad, rtol=1e-6, atol=0)
