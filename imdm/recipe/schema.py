@@ -187,7 +187,8 @@ class ParallelismSection:
     data_parallel: int = spec(0, ge=0, doc="data-parallel ranks (0 = the launcher's world size)")
     replicate: int = spec(1, gt=0, doc="HSDP replicas (e.g. nodes); FSDP shards over world / replicate ranks")
     reshard_after_forward: bool = spec(False, doc="FSDP2: free gathered parameters after each forward (true: "
-                                       "least memory; false: one all-gather per unit per step, the gathered parameters stay)")
+                                       "least memory; false: one all-gather per unit per step, the gathered "
+                                       "parameters stay)")
     param_dtype: str = spec("bf16", choices=("bf16", "fp32"),
                             doc="FSDP2: dtype the blocks' parameters are gathered in (fp32 keeps their LayerNorm "
                                 "weights unrounded; the embeddings and the head are always gathered in fp32)")
