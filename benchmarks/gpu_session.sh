@@ -33,13 +33,11 @@
 #   r  one GPU: end-to-end training as in f (large, small, then large at global batch 512), each
 #      against .whl/prev; then the residual + LayerNorm kernel's benchmark at the small model's shape
 #   t  one GPU: the GPU tests, then one block's forward + backward and its kernels, large and small
-#   n  one GPU: the bias + GELU kernel's benchmark and GPU tests; the large block's kernels, new and .whl/prev;
-#      end-to-end training, large then small, new and .whl/prev; the kernel's benchmark at the small width
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|x|s|e|v|f|g|r|t|n NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|x|s|e|v|f|g|r|t NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -218,19 +216,6 @@ v)
   task large-new 100 bench new 1 large-new owt_large.toml train.global_batch=64 train.micro_batch=16
   task prof-large-1gpu 150 bench new 1 large-1gpu-profile owt_large.toml --profile 1 --trace "$OUT/large1.json" \
     train.global_batch=64 train.micro_batch=16
-  ;;
-n)
-  task kernel-bias-gelu 60 gpu0 kernel_bias_gelu.log python3 benchmarks/kernel_bias_gelu.py --results-dir "$OUT"
-  task bias-gelu-tests 90 gpu0 bias_gelu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu \
-    tests/test_kernel_bias_gelu.py
-  for v in new prev; do
-    WHEEL=$v task blocks-large-$v 90 gpu0 blocks_large_$v.log python3 benchmarks/block_breakdown.py --size large \
-      --batch 16 --profile --results-dir "$OUT"
-  done
-  for v in new prev; do task large-$v 100 bench $v 1 large-$v owt_large.toml train.global_batch=64 train.micro_batch=16; done
-  for v in new prev; do task small-$v 90 bench $v 1 small-$v owt.toml train.global_batch=128 train.micro_batch=32; done
-  task kernel-bias-gelu-small 45 gpu0 kernel_bias_gelu_small.log python3 benchmarks/kernel_bias_gelu.py --width 3072 \
-    --batch 32 --results-dir "$OUT"
   ;;
 f)
   task kernel-residual-norm 90 gpu0 kernel_residual_norm.log python3 benchmarks/kernel_residual_norm.py --results-dir "$OUT"

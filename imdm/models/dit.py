@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from imdm import rng
-from imdm.kernels.bias_gelu import bias_gelu
 from imdm.kernels.masked_loss import fused_masked_nll
 from imdm.kernels.residual_norm import residual_norm_modulate
 from imdm.models.attention import SelfAttention
@@ -34,7 +33,7 @@ class DiTConfig:
     qk_norm: bool = False
     vocab_pad_multiple: int = 1
     time_conditioning: bool = False
-    kernels: str = "auto"           # residual + LayerNorm and bias + GELU kernels: auto (Triton on CUDA), triton, eager
+    kernels: str = "auto"           # residual + LayerNorm kernel: auto (Triton on CUDA), triton, eager
     mask_state: MaskStateConfig | None = None   # None: plain MDLM (as_mdlm)
 
     @property
@@ -70,12 +69,7 @@ class DiTBlock(nn.Module):
                                  self.kernels)
         x, h = add_norm_modulate(x, (self.attn(h, cos, sin), gate_a, seed_a), self.norm2, shift_m, scale_m,
                                  self.dropout, self.kernels)
-        return x, (self._mlp(h), gate_m, seed_m)
-
-    def _mlp(self, h):
-        """self.mlp, with the up-projection's bias added in the GELU kernel (imdm.kernels.bias_gelu)."""
-        up, down = self.mlp[0], self.mlp[2]
-        return down(bias_gelu(F.linear(h, up.weight), up.bias, backend=self.kernels))
+        return x, (self.mlp(h), gate_m, seed_m)
 
 
 def add_norm_modulate(x, branch, norm: LayerNormNoBias, shift, scale, dropout: float, kernels: str):
