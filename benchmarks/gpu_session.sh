@@ -33,11 +33,12 @@
 #   r  one GPU: end-to-end training as in f (large, small, then large at global batch 512), each
 #      against .whl/prev; then the residual + LayerNorm kernel's benchmark at the small model's shape
 #   t  one GPU: the GPU tests, then one block's forward + backward and its kernels, large and small
+#   d  2 GPUs (nvidia-h200-x2): FSDP over 2, large then small, new and .whl/prev; then the GPU tests
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|k|b|h|c|p|x|s|e|v|f|g|r|t NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|r|t NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -216,6 +217,15 @@ v)
   task large-new 100 bench new 1 large-new owt_large.toml train.global_batch=64 train.micro_batch=16
   task prof-large-1gpu 150 bench new 1 large-1gpu-profile owt_large.toml --profile 1 --trace "$OUT/large1.json" \
     train.global_batch=64 train.micro_batch=16
+  ;;
+d)
+  for v in new prev; do
+    task large-2gpu-$v 140 bench $v 2 large-2gpu-$v owt_large.toml train.global_batch=128 train.micro_batch=16
+  done
+  for v in new prev; do
+    task small-2gpu-$v 120 bench $v 2 small-2gpu-$v owt.toml train.global_batch=256 train.micro_batch=32
+  done
+  task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
   ;;
 f)
   task kernel-residual-norm 90 gpu0 kernel_residual_norm.log python3 benchmarks/kernel_residual_norm.py --results-dir "$OUT"
