@@ -34,13 +34,11 @@
 #      against .whl/prev; then the residual + LayerNorm kernel's benchmark at the small model's shape
 #   t  one GPU: the GPU tests, then one block's forward + backward and its kernels, large and small
 #   d  2 GPUs (nvidia-h200-x2): FSDP over 2, large then small, new and .whl/prev; then the GPU tests
-#   q  one GPU: the rotary QKV kernel's GPU tests and benchmark; the large block's kernels, new and .whl/prev;
-#      end-to-end training, large then small, new and .whl/prev
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|q|x|s|e|v|f|g|r|t NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|r|t NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -228,16 +226,6 @@ d)
     task small-2gpu-$v 120 bench $v 2 small-2gpu-$v owt.toml train.global_batch=256 train.micro_batch=32
   done
   task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
-  ;;
-q)
-  task rotary-tests 90 gpu0 rotary_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernel_rotary_qkv.py
-  task kernel-rotary 45 gpu0 kernel_rotary.log python3 benchmarks/kernel_rotary_qkv.py --results-dir "$OUT"
-  for v in new prev; do
-    WHEEL=$v task blocks-large-$v 80 gpu0 blocks_large_$v.log python3 benchmarks/block_breakdown.py --size large \
-      --batch 16 --profile --results-dir "$OUT"
-  done
-  for v in new prev; do task large-$v 100 bench $v 1 large-$v owt_large.toml train.global_batch=64 train.micro_batch=16; done
-  for v in new prev; do task small-$v 85 bench $v 1 small-$v owt.toml train.global_batch=128 train.micro_batch=32; done
   ;;
 f)
   task kernel-residual-norm 90 gpu0 kernel_residual_norm.log python3 benchmarks/kernel_residual_norm.py --results-dir "$OUT"

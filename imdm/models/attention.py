@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from imdm.kernels.rotary_qkv import rotary_qkv
 from imdm.models.layers import apply_rotary
 
 SDPA_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
@@ -37,9 +36,9 @@ class SelfAttention(nn.Module):
     """Fused QKV (no bias) -> optional QK-norm -> rotary -> attention -> output (no bias)."""
 
     def __init__(self, dim: int, n_heads: int, backend: str = "sdpa", softcap: float = 0.0,
-                 qk_norm: bool = False, kernels: str = "auto"):
+                 qk_norm: bool = False):
         super().__init__()
-        self.n_heads, self.backend, self.softcap, self.kernels = n_heads, backend, softcap, kernels
+        self.n_heads, self.backend, self.softcap = n_heads, backend, softcap
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
         head_dim = dim // n_heads
@@ -48,11 +47,10 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, l, d = x.shape
-        if self.q_norm is None:    # split into heads and rotate in one kernel (imdm.kernels.rotary_qkv)
-            q, k, v = rotary_qkv(self.qkv(x), cos, sin, self.n_heads, backend=self.kernels)
-        else:
-            q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-            q, k = apply_rotary(self.q_norm(q), cos, sin), apply_rotary(self.k_norm(k), cos, sin)
+        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.backend == "sdpa":
             with sdpa_kernel(SDPA_PRIORITY, set_priority=True):
                 y = F.scaled_dot_product_attention(q, k, v)

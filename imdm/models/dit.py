@@ -33,7 +33,7 @@ class DiTConfig:
     qk_norm: bool = False
     vocab_pad_multiple: int = 1
     time_conditioning: bool = False
-    kernels: str = "auto"           # residual + LayerNorm and rotary QKV kernels: auto (Triton on CUDA), triton, eager
+    kernels: str = "auto"           # residual + LayerNorm kernel: auto (Triton on CUDA), triton, eager
     mask_state: MaskStateConfig | None = None   # None: plain MDLM (as_mdlm)
 
     @property
@@ -51,7 +51,7 @@ class DiTBlock(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.norm1 = LayerNormNoBias(d)
-        self.attn = SelfAttention(d, cfg.n_heads, cfg.attention, cfg.softcap, cfg.qk_norm, cfg.kernels)
+        self.attn = SelfAttention(d, cfg.n_heads, cfg.attention, cfg.softcap, cfg.qk_norm)
         self.norm2 = LayerNormNoBias(d)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d))
         self.adaLN = nn.Linear(cfg.cond_dim, 6 * d)
