@@ -1,8 +1,8 @@
 """FSDP2 for the DiT: one `fully_shard` unit per block, one for the output head, and the root
 for the rest (embeddings, mask-state MLP, time embedder). Blocks gather their parameters in
 `param_dtype` (bf16 by default: their matmuls run in bf16 under autocast anyway, but their
-LayerNorm weights are then applied rounded to bf16; `param_dtype = fp32` keeps one GPU's
-numerics exactly). The root and the head always gather in float32: the token embedding and the
+LayerNorm weights are then applied rounded to bf16; `param_dtype = fp32` keeps them float32,
+as on one GPU). The root and the head always gather in float32: the token embedding and the
 mask-state parameters feed the float32 residual stream directly, and the fused loss accumulates
 the head's weight gradient in float32, as on one GPU. Gradients are reduced in float32 and
 averaged over the data-parallel ranks (FSDP2's default, which works on NCCL and gloo), so the
