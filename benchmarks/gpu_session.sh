@@ -26,12 +26,12 @@
 #      HSDP as two rendezvous "nodes" of 4 GPUs trains and resumes
 #   v  one GPU: the GPU tests, then small and large against the wheel in .whl/prev (BASE_SHA names
 #      it), then a profile of the large model
-#   f  one GPU: the residual + LayerNorm kernel's benchmark; the GPU tests; end-to-end training,
-#      large and small, against the wheel in .whl/prev; one block's forward + backward and its
-#      kernels (benchmarks/block_breakdown.py), large and small, against .whl/prev; then large at
-#      the recipe's own global batch (512), against .whl/prev
-#   r  one GPU: end-to-end training as in f (large, small, then large at global batch 512), each
-#      against .whl/prev; then the residual + LayerNorm kernel's benchmark at the small model's shape
+#   f  one GPU: the residual + LayerNorm kernel's benchmark; the GPU tests; one block's forward +
+#      backward and its kernels (benchmarks/block_breakdown.py), large and small, against the wheel
+#      in .whl/prev; then end-to-end training against .whl/prev (large, small, then large at the
+#      recipe's own global batch of 512)
+#   r  one GPU: end-to-end training as in f; then the residual + LayerNorm kernel's benchmark at
+#      the small model's shape
 #   t  one GPU: the GPU tests, then one block's forward + backward and its kernels, large and small
 #   d  2 GPUs (nvidia-h200-x2): FSDP over 2, large then small, new and .whl/prev; then the GPU tests
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
@@ -114,6 +114,12 @@ baseline_runs() {  # one GPU, the pre-kernel wheel
 }
 micro64_run() {  # one GPU, the small model in micro-batches of 64
   task small-micro64 150 bench new 1 small-micro64 owt.toml train.global_batch=128 train.micro_batch=64
+}
+runs_against_prev() {  # one GPU, the code under test then .whl/prev: large, small, then large at the recipe's
+                       # own global batch (512)
+  for v in new prev; do task large-$v 100 bench $v 1 large-$v owt_large.toml train.global_batch=64 train.micro_batch=16; done
+  for v in new prev; do task small-$v 90 bench $v 1 small-$v owt.toml train.global_batch=128 train.micro_batch=32; done
+  for v in new prev; do WARMUP=2 STEPS=4 task large-$v-g512 160 bench $v 1 large-$v-g512 owt_large.toml; done
 }
 hsdp_train_resume() {  # [GPUS_PER_NODE]
   rm -rf /tmp/hsdp; hsdp 3 "${1:-2}"; hsdp 5 "${1:-2}"
@@ -230,8 +236,6 @@ d)
 f)
   task kernel-residual-norm 90 gpu0 kernel_residual_norm.log python3 benchmarks/kernel_residual_norm.py --results-dir "$OUT"
   task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
-  task large-new 100 bench new 1 large-new owt_large.toml train.global_batch=64 train.micro_batch=16
-  task large-prev 100 bench prev 1 large-prev owt_large.toml train.global_batch=64 train.micro_batch=16
   for model in large:16 small:32; do   # size:micro-batch
     size=${model%:*} batch=${model#*:}
     task blocks-$size-new 100 gpu0 blocks_${size}_new.log python3 benchmarks/block_breakdown.py --size $size \
@@ -239,18 +243,10 @@ f)
     WHEEL=prev task blocks-$size-prev 100 gpu0 blocks_${size}_prev.log python3 benchmarks/block_breakdown.py \
       --size $size --batch $batch --variants block --profile --results-dir "$OUT"
   done
-  task small-new 90 bench new 1 small-new owt.toml train.global_batch=128 train.micro_batch=32
-  task small-prev 90 bench prev 1 small-prev owt.toml train.global_batch=128 train.micro_batch=32
-  WARMUP=2 STEPS=4 task large-new-g512 160 bench new 1 large-new-g512 owt_large.toml
-  WARMUP=2 STEPS=4 task large-prev-g512 160 bench prev 1 large-prev-g512 owt_large.toml
+  runs_against_prev
   ;;
 r)
-  task large-new 100 bench new 1 large-new owt_large.toml train.global_batch=64 train.micro_batch=16
-  task large-prev 100 bench prev 1 large-prev owt_large.toml train.global_batch=64 train.micro_batch=16
-  task small-new 90 bench new 1 small-new owt.toml train.global_batch=128 train.micro_batch=32
-  task small-prev 90 bench prev 1 small-prev owt.toml train.global_batch=128 train.micro_batch=32
-  WARMUP=2 STEPS=4 task large-new-g512 160 bench new 1 large-new-g512 owt_large.toml
-  WARMUP=2 STEPS=4 task large-prev-g512 160 bench prev 1 large-prev-g512 owt_large.toml
+  runs_against_prev
   task kernel-residual-norm-small 60 gpu0 kernel_residual_norm_small.log python3 benchmarks/kernel_residual_norm.py \
     --batch 32 --d 768 --results-dir "$OUT"
   ;;
