@@ -33,12 +33,13 @@
 #   r  one GPU: end-to-end training as in f; then the residual + LayerNorm kernel's benchmark at
 #      the small model's shape
 #   t  one GPU: the GPU tests, then one block's forward + backward and its kernels, large and small
+#   w  one GPU: the GPU tests, then end-to-end training as in f
 #   d  2 GPUs (nvidia-h200-x2): FSDP over 2, large then small, new and .whl/prev; then the GPU tests
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|r|t NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|r|t|w NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -256,6 +257,10 @@ t)
     --variants block --profile --results-dir "$OUT"
   task blocks-small-new 100 gpu0 blocks_small_new.log python3 benchmarks/block_breakdown.py --size small --batch 32 \
     --variants block --profile --results-dir "$OUT"
+  ;;
+w)
+  task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
+  runs_against_prev
   ;;
 g)
   task blocks-large-kernels 200 gpu0 blocks_large_kernels.log python3 benchmarks/block_breakdown.py --size large \

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from imdm.models.gemm_grad_linear import GemmGradLinear
 from imdm.models.layers import apply_rotary
 
 SDPA_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
@@ -39,8 +40,8 @@ class SelfAttention(nn.Module):
                  qk_norm: bool = False):
         super().__init__()
         self.n_heads, self.backend, self.softcap = n_heads, backend, softcap
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
+        self.qkv = GemmGradLinear(dim, 3 * dim, bias=False)
+        self.out = GemmGradLinear(dim, dim, bias=False)
         head_dim = dim // n_heads
         self.q_norm = nn.RMSNorm(head_dim) if qk_norm else None
         self.k_norm = nn.RMSNorm(head_dim) if qk_norm else None

@@ -14,6 +14,7 @@ from imdm import rng
 from imdm.kernels.masked_loss import fused_masked_nll
 from imdm.kernels.residual_norm import residual_norm_modulate
 from imdm.models.attention import SelfAttention
+from imdm.models.gemm_grad_linear import GemmGradLinear
 from imdm.models.layers import LayerNormNoBias, TimestepEmbedder, rotary_tables
 from imdm.models.mask_state import MaskStateConfig, MaskStateEmbedding
 from imdm.parallel.distributed import host_to_device
@@ -53,7 +54,7 @@ class DiTBlock(nn.Module):
         self.norm1 = LayerNormNoBias(d)
         self.attn = SelfAttention(d, cfg.n_heads, cfg.attention, cfg.softcap, cfg.qk_norm)
         self.norm2 = LayerNormNoBias(d)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d))
+        self.mlp = nn.Sequential(GemmGradLinear(d, 4 * d), nn.GELU(approximate="tanh"), GemmGradLinear(4 * d, d))
         self.adaLN = nn.Linear(cfg.cond_dim, 6 * d)
         nn.init.zeros_(self.adaLN.weight)
         nn.init.zeros_(self.adaLN.bias)

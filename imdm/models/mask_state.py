@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imdm.models.gemm_grad_linear import GemmGradLinear
+
 
 @dataclass(frozen=True)
 class MaskStateConfig:
@@ -41,8 +43,8 @@ class MaskStateEmbedding(nn.Module):
         if cfg.kind == "learnable":
             self.mu = nn.Parameter(torch.zeros(cfg.noise_dim))
             self.sigma = nn.Parameter(torch.full((cfg.noise_dim,), cfg.scale))
-        self.fc1 = nn.Linear(cfg.noise_dim, 4 * d_model)
-        self.fc2 = nn.Linear(4 * d_model, d_model, bias=False)
+        self.fc1 = GemmGradLinear(cfg.noise_dim, 4 * d_model)
+        self.fc2 = GemmGradLinear(4 * d_model, d_model, bias=False)
         nn.init.trunc_normal_(self.fc1.weight, std=0.02, a=-0.04, b=0.04)
         nn.init.zeros_(self.fc1.bias)
         nn.init.zeros_(self.fc2.weight)

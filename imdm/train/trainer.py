@@ -28,6 +28,7 @@ from imdm.build import (build_algorithm, build_dataset, build_distillation, buil
 from imdm.data.loader import make_loader
 from imdm.data.order import GlobalBatchOrder
 from imdm.eval.perplexity import nelbo_per_token
+from imdm.models.gemm_grad_linear import keep_weight_grads, zero_grads
 from imdm.parallel.grad_norm import clip_grad_norm
 from imdm.parallel.distributed import DistInfo, all_reduce_max, all_reduce_sum, checkpoint_group, host_to_device
 from imdm.parallel.fsdp import reshard_all
@@ -81,6 +82,8 @@ class Trainer:
         o = recipe.optimizer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
                                            eps=o.eps, weight_decay=o.weight_decay, fused=True)
+        # one rank: the block and mask-state matmuls accumulate weight gradients in the GEMM
+        self.kept_grads = keep_weight_grads(self.model) if dist.world_size == 1 else []
         self.ema = EMA(self.model, recipe.train.ema_decay)
         order = GlobalBatchOrder(len(self.dataset), recipe.train.global_batch, recipe.data.seed)
         self.loader = make_loader(self.dataset, order, dist.rank, dist.world_size, recipe.train.micro_batch,
@@ -131,6 +134,8 @@ class Trainer:
         step. A seed checkpoint (step 0) holds no optimizer or loader state. An unsettled step's
         report is dropped with the state it belonged to."""
         self._report.discard()
+        for p in self.kept_grads:   # DCP gives an empty optimizer its state only while no .grad exists
+            p.grad = None
         saved = load_checkpoint(path, {"progress": {"step": 0, **self._layout()}})["progress"]
         same_layout = all(saved[k] == v for k, v in self._layout().items())
         self.step = int(saved["step"])     # the state template below follows it (no optimizer at step 0)
@@ -151,6 +156,8 @@ class Trainer:
         else:
             self.loader.batch_sampler.position = self.step * self.micro_per_step
         self._batches = None
+        if self.kept_grads:
+            keep_weight_grads(self.model)
         return "" if same_layout else (f"resharded from {saved['world_size']} ranks x micro-batch "
                                        f"{saved['micro_batch']} x {saved['num_workers']} loader workers to "
                                        f"{self.dist.world_size} x {self.recipe.train.micro_batch} x "
@@ -228,7 +235,7 @@ class Trainer:
         self._report.write(self.step, torch.stack([grad_norm, stop]))
         self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()   # fused AdamW skips such a step
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        zero_grads(self.model.parameters(), self.kept_grads)
         self.step += 1
         return all_reduce_sum(total) / count, waited
 

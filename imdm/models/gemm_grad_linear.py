@@ -1,0 +1,91 @@
+"""nn.Linear whose weight gradient is accumulated by the weight-gradient GEMM itself.
+
+Fuses: the weight-gradient product, its float32 cast and the add into the float32 `.grad`.
+Replaces: autograd's path under bf16 autocast, three kernels per weight and micro-batch (a bf16
+product, a cast, AccumulateGrad's add), which also rounds each micro-batch's product to bf16.
+Here one GEMM reads and writes `.grad` in place with float32 accumulation
+(`aten::addmm.dtype_out`, beta 1, on CUDA; the eager reference upcasts and adds). It runs once
+`.grad` exists and the layer is switched on by `keep_weight_grads`, which the trainer calls for
+an unsharded model (FSDP2 owns the gradients of a sharded one). Measured in
+benchmarks/wgrad_accumulation.py and end to end in benchmarks/results/train_throughput/.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@torch.library.custom_op("imdm::accumulate_weight_grad", mutates_args=("grad",))
+def accumulate_weight_grad(grad: torch.Tensor, dy: torch.Tensor, x: torch.Tensor) -> None:
+    """grad [out, in] += dy[N, out]^T x[N, in], accumulated in grad's dtype (float32)."""
+    if grad.device.type == "cuda" and dy.dtype in (torch.bfloat16, torch.float16) and grad.dtype == torch.float32:
+        torch.ops.aten.addmm.dtype_out(grad, dy.t(), x, torch.float32, out=grad)
+    else:
+        grad.addmm_(dy.t().to(grad.dtype), x.to(grad.dtype))
+
+
+@accumulate_weight_grad.register_fake
+def _(grad, dy, x):
+    return None
+
+
+class _LinearGradIntoBuffer(torch.autograd.Function):
+    """y = x W^T + b in autocast's dtype (or x's without autocast); backward adds dW into `grad`
+    and returns none for W, which still comes in as an input so that the node is recorded when
+    nothing else needs a gradient (a first layer without bias)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, grad):
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        x, weight = x.to(dtype), weight.to(dtype)
+        ctx.save_for_backward(x, weight, grad)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, None if bias is None else bias.to(dtype))
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, grad = ctx.saved_tensors
+        rows = dy.reshape(-1, dy.shape[-1])
+        torch.ops.imdm.accumulate_weight_grad(grad, rows, x.reshape(-1, x.shape[-1]))
+        grad_bias = rows.sum(0, dtype=torch.float32) if ctx.has_bias else None
+        return dy @ weight, None, grad_bias, None
+
+
+class GemmGradLinear(nn.Linear):
+    """nn.Linear (same parameters, same state dict) that, switched on and with its weight's
+    `.grad` allocated, accumulates the weight gradient inside the GEMM; otherwise nn.Linear."""
+
+    accumulate_in_gemm = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grad = self.weight.grad
+        if self.accumulate_in_gemm and grad is not None and torch.is_grad_enabled():
+            return _LinearGradIntoBuffer.apply(x, self.weight, self.bias, grad)
+        return super().forward(x)
+
+
+def keep_weight_grads(model: nn.Module) -> list[nn.Parameter]:
+    """Switch on every GemmGradLinear of `model` whose weight trains, give that weight a zero
+    `.grad` where it has none, and return those weights: `zero_grads` keeps their `.grad`."""
+    kept = []
+    for module in model.modules():
+        if isinstance(module, GemmGradLinear) and module.weight.requires_grad:
+            module.accumulate_in_gemm = True
+            if module.weight.grad is None:
+                module.weight.grad = torch.zeros_like(module.weight)
+            kept.append(module.weight)
+    return kept
+
+
+def zero_grads(parameters, kept: list[nn.Parameter]) -> None:
+    """optimizer.zero_grad(set_to_none=True), except that the weights of `kept` keep their
+    `.grad`, zeroed in place (their layers accumulate into it)."""
+    kept_ids = {id(p) for p in kept}
+    for p in parameters:
+        if id(p) in kept_ids:
+            p.grad.zero_()
+        else:
+            p.grad = None

@@ -1,0 +1,141 @@
+"""GemmGradLinear: with its weight's .grad allocated, the weight gradient is accumulated into that
+very tensor by the GEMM (float32 accumulation), and everything else is nn.Linear's."""
+
+import pytest
+import torch
+from torch import nn
+
+from imdm.models.gemm_grad_linear import GemmGradLinear, keep_weight_grads, zero_grads
+from imdm.parallel.distributed import init_distributed
+from imdm.train import trainer as trainer_module
+from imdm.train.trainer import Trainer
+from tests.test_training import _params, _recipe
+
+
+def _pair(bias: bool, seed=0):
+    """A 2-layer MLP of GemmGradLinear (switched on, .grad allocated) and its nn.Linear twin."""
+    torch.manual_seed(seed)
+    ref = nn.Sequential(nn.Linear(13, 47, bias=bias), nn.GELU(approximate="tanh"), nn.Linear(47, 11, bias=bias))
+    ours = nn.Sequential(GemmGradLinear(13, 47, bias=bias), nn.GELU(approximate="tanh"),
+                         GemmGradLinear(47, 11, bias=bias))
+    ours.load_state_dict(ref.state_dict())
+    kept = keep_weight_grads(ours)
+    assert kept == [ours[0].weight, ours[2].weight]
+    return ref, ours
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_weight_grad_is_accumulated_in_place_over_micro_batches(bias, compiled):
+    ref, ours = _pair(bias)
+    grads = [ours[0].weight.grad, ours[2].weight.grad]
+    run = torch.compile(ours, fullgraph=True) if compiled else ours
+    for _ in range(3):
+        x = torch.randn(2, 7, 13)
+        x_ours = x.clone().requires_grad_()
+        x_ref = x.clone().requires_grad_()
+        run(x_ours).square().sum().backward()
+        ref(x_ref).square().sum().backward()
+        torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+    assert ours[0].weight.grad is grads[0] and ours[2].weight.grad is grads[1]   # the same tensors, added into
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_products_are_accumulated_in_float32():
+    """Under bf16 autocast nn.Linear rounds each micro-batch's weight-gradient product to bf16;
+    GemmGradLinear's sum equals the float64 sum of the bf16 operands' products to float32 precision."""
+    torch.manual_seed(1)
+    layer = GemmGradLinear(64, 32, bias=False)
+    twin = nn.Linear(64, 32, bias=False)
+    twin.load_state_dict(layer.state_dict())
+    keep_weight_grads(layer)
+    truth = torch.zeros(32, 64, dtype=torch.float64)
+    for _ in range(4):
+        x = torch.randn(96, 64).bfloat16().float()
+        dy = torch.randn(96, 32).bfloat16()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, y_twin = layer(x), twin(x)
+        y.backward(dy)
+        y_twin.backward(dy)
+        truth += dy.double().t() @ x.double()
+    scale = truth.abs().max()
+    ours = ((layer.weight.grad.double() - truth).abs().max() / scale).item()
+    autograd = ((twin.weight.grad.double() - truth).abs().max() / scale).item()
+    assert ours < 1e-6 < 1e-4 < autograd
+
+
+def test_plain_linear_without_switch_grad_or_grad_mode():
+    torch.manual_seed(2)
+    layer = GemmGradLinear(5, 3)
+    x = torch.randn(4, 5)
+    layer(x).sum().backward()                  # not switched on: autograd creates .grad
+    torch.testing.assert_close(layer.weight.grad, torch.ones(3, 4) @ x)
+    keep_weight_grads(layer)
+    assert layer.accumulate_in_gemm
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), nn.functional.linear(x, layer.weight, layer.bias))
+    layer.weight.grad = None                   # switched on but no .grad: autograd's path again
+    layer(x).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, torch.ones(3, 4) @ x)
+
+
+def test_zero_grads_keeps_the_kept_tensors_and_drops_the_rest():
+    _, ours = _pair(bias=True)
+    ours(torch.randn(3, 13)).sum().backward()
+    kept = [ours[0].weight, ours[2].weight]
+    tensors = [p.grad for p in kept]
+    assert all(t.abs().sum() > 0 for t in tensors)
+    assert keep_weight_grads(ours) == kept and [p.grad for p in kept] == tensors   # no new allocation
+    zero_grads(ours.parameters(), kept)
+    assert all(p.grad is t and not t.any() for p, t in zip(kept, tensors))
+    assert ours[0].bias.grad is None and ours[2].bias.grad is None
+
+
+def test_trainer_on_one_rank_matches_autograd_accumulation(tmp_path, monkeypatch):
+    """Two steps of two micro-batches: the trainer keeps the blocks' and mask-state MLP's weight
+    gradients in place between steps, and trains as autograd's accumulation does."""
+    dist = init_distributed("cpu")
+    fused = Trainer(_recipe(tmp_path, "fused", steps=2), dist)
+    names = {n for n, p in fused.model.named_parameters() if any(p is k for k in fused.kept_grads)}
+    assert names and all(n.endswith("weight") and (".attn." in n or ".mlp." in n or "mask_state.fc" in n) for n in names)
+    assert len(names) == 4 * fused.recipe.model.n_blocks + 2
+    before = [p.grad for p in fused.kept_grads]
+    fused.fit()
+    assert [p.grad for p in fused.kept_grads] == before and not any(g.any() for g in before)
+    monkeypatch.setattr(trainer_module, "keep_weight_grads", lambda model: [])
+    plain = Trainer(_recipe(tmp_path, "plain", steps=2), dist)
+    assert not any(m.accumulate_in_gemm for m in plain.model.modules() if isinstance(m, GemmGradLinear))
+    plain.fit()
+    a, b = _params(fused), _params(plain)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cuda_gemm_accumulates_bf16_products_in_float32(compiled):
+    """On CUDA the accumulation is one cuBLAS GEMM (aten::addmm.dtype_out) into the float32 .grad:
+    at odd shapes, over three micro-batches, its sum matches the float64 sum of the bf16
+    operands' products to float32 precision, far inside bf16 autograd's error."""
+    torch.manual_seed(3)
+    layer = GemmGradLinear(123, 47).cuda()
+    twin = nn.Linear(123, 47).cuda()
+    twin.load_state_dict(layer.state_dict())
+    keep_weight_grads(layer)
+    run = torch.compile(layer, fullgraph=True) if compiled else layer
+    truth = torch.zeros(47, 123, dtype=torch.float64, device="cuda")
+    for rows in (47, 301, 1024):
+        x = torch.randn(rows, 123, device="cuda").bfloat16().float()
+        dy = torch.randn(rows, 47, device="cuda").bfloat16()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y, y_twin = run(x), twin(x)
+        y.backward(dy)
+        y_twin.backward(dy)
+        truth += dy.double().t() @ x.double()
+    scale = truth.abs().max()
+    ours = ((layer.weight.grad.double() - truth).abs().max() / scale).item()
+    autograd = ((twin.weight.grad.double() - truth).abs().max() / scale).item()
+    assert ours < 1e-5 and autograd > 10 * ours
+    torch.testing.assert_close(layer.bias.grad, twin.bias.grad, rtol=2e-2, atol=2e-2)
