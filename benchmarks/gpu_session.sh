@@ -34,12 +34,14 @@
 #      the small model's shape
 #   t  one GPU: the GPU tests, then one block's forward + backward and its kernels, large and small
 #   w  one GPU: the GPU tests, then end-to-end training as in f
+#   y  one GPU: weight-gradient accumulation in both layouts, then profiles of the large model, new and
+#      .whl/prev
 #   d  2 GPUs (nvidia-h200-x2): FSDP over 2, large then small, new and .whl/prev; then the GPU tests
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|r|t|w NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|r|t|w|y NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -261,6 +263,15 @@ t)
 w)
   task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
   runs_against_prev
+  ;;
+y)
+  for layout in rows transposed; do
+    task wgrad-$layout 60 gpu0 wgrad_$layout.log python3 benchmarks/wgrad_accumulation.py --layout $layout --results-dir "$OUT"
+  done
+  for v in new prev; do
+    task prof-large-$v 150 bench $v 1 large-$v-profile owt_large.toml --profile 1 --trace "$OUT/large_$v.json" \
+      train.global_batch=64 train.micro_batch=16
+  done
   ;;
 g)
   task blocks-large-kernels 200 gpu0 blocks_large_kernels.log python3 benchmarks/block_breakdown.py --size large \

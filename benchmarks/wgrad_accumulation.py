@@ -30,6 +30,9 @@ def weight_shapes(d: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--layout", choices=["rows", "transposed"], default="rows",
+                        help="the output gradient as autograd hands it over, [tokens, out] (rows, transposed "
+                             "for the product), or copied to [out, tokens] first (the first scouting run's layout)")
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -37,7 +40,8 @@ def main() -> None:
     for model, (d, tokens) in MODELS.items():
         rows, totals = {}, {"autograd_ms": 0.0, "fused_ms": 0.0}
         for name, (n_out, n_in) in weight_shapes(d).items():
-            dy_t = torch.randn(n_out, tokens, device="cuda", dtype=torch.bfloat16, generator=g)
+            dy = torch.randn(tokens, n_out, device="cuda", dtype=torch.bfloat16, generator=g)
+            dy_t = dy.t() if args.layout == "rows" else dy.t().contiguous()
             x = torch.randn(tokens, n_in, device="cuda", dtype=torch.bfloat16, generator=g)
             grad = torch.randn(n_out, n_in, device="cuda", generator=g)
             truth = grad.double() + dy_t.double() @ x.double()
@@ -59,7 +63,7 @@ def main() -> None:
                   f"{t_autograd:.3f}, addmm into float32 {t_fused:.3f}; errors {errors}")
         results[model] = {"weights": rows, **totals}
         print(f"{model}: per block and micro-batch {totals['autograd_ms']:.3f} ms against {totals['fused_ms']:.3f}")
-    write_result("wgrad_accumulation", "", {"iters": args.iters, "models": MODELS}, results, out_dir=args.results_dir)
+    write_result("wgrad_accumulation", "", {"iters": args.iters, "layout": args.layout, "models": MODELS}, results, out_dir=args.results_dir)
 
 
 if __name__ == "__main__":

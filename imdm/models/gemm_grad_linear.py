@@ -51,7 +51,7 @@ class _LinearGradIntoBuffer(torch.autograd.Function):
         rows = dy.reshape(-1, dy.shape[-1])
         torch.ops.imdm.accumulate_weight_grad(grad, rows, x.reshape(-1, x.shape[-1]))
         grad_bias = rows.sum(0, dtype=torch.float32) if ctx.has_bias else None
-        return dy @ weight, None, grad_bias, None
+        return dy @ weight if ctx.needs_input_grad[0] else None, None, grad_bias, None
 
 
 class GemmGradLinear(nn.Linear):
