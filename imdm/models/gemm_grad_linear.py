@@ -51,7 +51,8 @@ class _LinearGradIntoBuffer(torch.autograd.Function):
         rows = dy.reshape(-1, dy.shape[-1])
         torch.ops.imdm.accumulate_weight_grad(grad, rows, x.reshape(-1, x.shape[-1]))
         grad_bias = rows.sum(0, dtype=torch.float32) if ctx.has_bias else None
-        return dy @ weight if ctx.needs_input_grad[0] else None, None, grad_bias, None
+        grad_x = (rows @ weight).view(*dy.shape[:-1], weight.shape[1]) if ctx.needs_input_grad[0] else None
+        return grad_x, None, grad_bias, None   # both products read `rows`: Inductor writes it once
 
 
 class GemmGradLinear(nn.Linear):
