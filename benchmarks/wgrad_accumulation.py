@@ -1,8 +1,8 @@
 """Weight-gradient accumulation over micro-batches, at the DiT blocks' weight shapes, on CUDA:
 what autograd does under autocast today (the bf16 weight-gradient product, then its float32 cast
 and the add into the float32 .grad) against one GEMM that reads and writes the float32 gradient
-itself (`aten::addmm.dtype_out`, beta 1, in place). Each variant is checked against a float64
-product first. A scouting benchmark: the training loop does not use the second form.
+itself (`aten::addmm.dtype_out`, beta 1, in place), the form imdm.models.gemm_grad_linear runs
+on one GPU. Each variant is checked against a float64 product first.
 
     python benchmarks/wgrad_accumulation.py [--results-dir DIR]
 """
