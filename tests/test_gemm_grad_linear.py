@@ -1,6 +1,8 @@
 """GemmGradLinear: with its weight's .grad allocated, the weight gradient is accumulated into that
 very tensor by the GEMM (float32 accumulation), and everything else is nn.Linear's."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -92,11 +94,18 @@ def test_zero_grads_keeps_the_kept_tensors_and_drops_the_rest():
     assert ours[0].bias.grad is None and ours[2].bias.grad is None
 
 
-def test_trainer_on_one_rank_matches_autograd_accumulation(tmp_path, monkeypatch):
-    """Two steps of two micro-batches: the trainer keeps the blocks' and mask-state MLP's weight
-    gradients in place between steps, and trains as autograd's accumulation does."""
+@pytest.mark.parametrize("checkpointing", ["none", "full"])
+def test_trainer_on_one_rank_matches_autograd_accumulation(tmp_path, monkeypatch, checkpointing):
+    """Two steps of two micro-batches, with and without recomputing the blocks in backward: the
+    trainer keeps the blocks' and mask-state MLP's weight gradients in place between steps, and
+    trains as autograd's accumulation does."""
     dist = init_distributed("cpu")
-    fused = Trainer(_recipe(tmp_path, "fused", steps=2), dist)
+
+    def recipe(name):
+        r = _recipe(tmp_path, name, steps=2)
+        return dataclasses.replace(r, parallelism=dataclasses.replace(r.parallelism, activation_checkpointing=checkpointing))
+
+    fused = Trainer(recipe("fused"), dist)
     names = {n for n, p in fused.model.named_parameters() if any(p is k for k in fused.kept_grads)}
     assert names and all(n.endswith("weight") and (".attn." in n or ".mlp." in n or "mask_state.fc" in n) for n in names)
     assert len(names) == 4 * fused.recipe.model.n_blocks + 2
@@ -104,7 +113,7 @@ def test_trainer_on_one_rank_matches_autograd_accumulation(tmp_path, monkeypatch
     fused.fit()
     assert [p.grad for p in fused.kept_grads] == before and not any(g.any() for g in before)
     monkeypatch.setattr(trainer_module, "keep_weight_grads", lambda model: [])
-    plain = Trainer(_recipe(tmp_path, "plain", steps=2), dist)
+    plain = Trainer(recipe("plain"), dist)
     assert not any(m.accumulate_in_gemm for m in plain.model.modules() if isinstance(m, GemmGradLinear))
     plain.fit()
     a, b = _params(fused), _params(plain)
