@@ -6,8 +6,9 @@ product, a cast, AccumulateGrad's add), which also rounds each micro-batch's pro
 Here one GEMM reads and writes `.grad` in place with float32 accumulation
 (`aten::addmm.dtype_out`, beta 1, on CUDA; the eager reference upcasts and adds). It runs once
 `.grad` exists and the layer is switched on by `keep_weight_grads`, which the trainer calls for
-an unsharded model (FSDP2 owns the gradients of a sharded one). Measured in
-benchmarks/wgrad_accumulation.py and end to end in benchmarks/results/train_throughput/.
+an unsharded model (FSDP2 owns the gradients of a sharded one). Measured on one H200
+(benchmarks/wgrad_accumulation.py; train_throughput, 7fd9ec3 against dbc7ebb): 1.198 against
+1.339 ms per large block and micro-batch, end to end +1.0-1.4% (large) and +0.7% (small).
 """
 
 from __future__ import annotations
