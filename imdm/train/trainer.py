@@ -133,9 +133,16 @@ class Trainer:
         parameters, optimizer and EMA are resharded and the data position is rebuilt from the
         step. A seed checkpoint (step 0) holds no optimizer or loader state. An unsettled step's
         report is dropped with the state it belonged to."""
-        self._report.discard()
         for p in self.kept_grads:   # DCP gives an empty optimizer its state only while no .grad exists
             p.grad = None
+        try:
+            return self._load(path)
+        finally:
+            if self.kept_grads:
+                keep_weight_grads(self.model)
+
+    def _load(self, path: Path) -> str:
+        self._report.discard()
         saved = load_checkpoint(path, {"progress": {"step": 0, **self._layout()}})["progress"]
         same_layout = all(saved[k] == v for k, v in self._layout().items())
         self.step = int(saved["step"])     # the state template below follows it (no optimizer at step 0)
@@ -156,8 +163,6 @@ class Trainer:
         else:
             self.loader.batch_sampler.position = self.step * self.micro_per_step
         self._batches = None
-        if self.kept_grads:
-            keep_weight_grads(self.model)
         return "" if same_layout else (f"resharded from {saved['world_size']} ranks x micro-batch "
                                        f"{saved['micro_batch']} x {saved['num_workers']} loader workers to "
                                        f"{self.dist.world_size} x {self.recipe.train.micro_batch} x "
