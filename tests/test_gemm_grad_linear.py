@@ -49,26 +49,34 @@ def test_weight_grad_is_accumulated_in_place_over_micro_batches(bias, compiled):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_bf16_products_are_accumulated_in_float32():
-    """Under bf16 autocast nn.Linear rounds each micro-batch's weight-gradient product to bf16;
-    GemmGradLinear's sum equals the float64 sum of the bf16 operands' products to float32 precision."""
-    torch.manual_seed(1)
-    layer = GemmGradLinear(64, 32, bias=False)
-    twin = nn.Linear(64, 32, bias=False)
+def _bf16_accumulation_errors(device: str, n_in: int, n_out: int, bias: bool, row_counts, compiled: bool):
+    """Micro-batches of bf16 operands through a switched-on GemmGradLinear and its nn.Linear twin
+    under bf16 autocast: (our weight gradient's error, the twin's), each the largest deviation
+    from the float64 sum of the operands' products relative to its largest entry; and both layers."""
+    layer = GemmGradLinear(n_in, n_out, bias=bias).to(device)
+    twin = nn.Linear(n_in, n_out, bias=bias).to(device)
     twin.load_state_dict(layer.state_dict())
     keep_weight_grads(layer)
-    truth = torch.zeros(32, 64, dtype=torch.float64)
-    for _ in range(4):
-        x = torch.randn(96, 64).bfloat16().float()
-        dy = torch.randn(96, 32).bfloat16()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y, y_twin = layer(x), twin(x)
+    run = torch.compile(layer, fullgraph=True) if compiled else layer
+    truth = torch.zeros(n_out, n_in, dtype=torch.float64, device=device)
+    for rows in row_counts:
+        x = torch.randn(rows, n_in, device=device).bfloat16().float()
+        dy = torch.randn(rows, n_out, device=device).bfloat16()
+        with torch.autocast(device, dtype=torch.bfloat16):
+            y, y_twin = run(x), twin(x)
         y.backward(dy)
         y_twin.backward(dy)
         truth += dy.double().t() @ x.double()
     scale = truth.abs().max()
-    ours = ((layer.weight.grad.double() - truth).abs().max() / scale).item()
-    autograd = ((twin.weight.grad.double() - truth).abs().max() / scale).item()
+    errors = [((lin.weight.grad.double() - truth).abs().max() / scale).item() for lin in (layer, twin)]
+    return errors[0], errors[1], layer, twin
+
+
+def test_bf16_products_are_accumulated_in_float32():
+    """Under bf16 autocast nn.Linear rounds each micro-batch's weight-gradient product to bf16;
+    GemmGradLinear's sum equals the float64 sum of the bf16 operands' products to float32 precision."""
+    torch.manual_seed(1)
+    ours, autograd, _, _ = _bf16_accumulation_errors("cpu", 64, 32, False, (96,) * 4, compiled=False)
     assert ours < 1e-6 < 1e-4 < autograd
 
 
@@ -134,22 +142,6 @@ def test_cuda_gemm_accumulates_bf16_products_in_float32(compiled):
     at odd shapes, over three micro-batches, its sum matches the float64 sum of the bf16
     operands' products to float32 precision, far inside bf16 autograd's error."""
     torch.manual_seed(3)
-    layer = GemmGradLinear(123, 47).cuda()
-    twin = nn.Linear(123, 47).cuda()
-    twin.load_state_dict(layer.state_dict())
-    keep_weight_grads(layer)
-    run = torch.compile(layer, fullgraph=True) if compiled else layer
-    truth = torch.zeros(47, 123, dtype=torch.float64, device="cuda")
-    for rows in (47, 301, 1024):
-        x = torch.randn(rows, 123, device="cuda").bfloat16().float()
-        dy = torch.randn(rows, 47, device="cuda").bfloat16()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            y, y_twin = run(x), twin(x)
-        y.backward(dy)
-        y_twin.backward(dy)
-        truth += dy.double().t() @ x.double()
-    scale = truth.abs().max()
-    ours = ((layer.weight.grad.double() - truth).abs().max() / scale).item()
-    autograd = ((twin.weight.grad.double() - truth).abs().max() / scale).item()
+    ours, autograd, layer, twin = _bf16_accumulation_errors("cuda", 123, 47, True, (47, 301, 1024), compiled)
     assert ours < 1e-5 and autograd > 10 * ours
     torch.testing.assert_close(layer.bias.grad, twin.bias.grad, rtol=2e-2, atol=2e-2)
