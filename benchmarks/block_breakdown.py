@@ -71,6 +71,10 @@ def build(variant: str, d: int, blocks: int, heads: int) -> nn.Module:
         return AttentionOnly(heads, ATTENTION_BACKENDS[variant])
     if variant == "no_dropout":
         return DiTBlock(dataclasses.replace(cfg, dropout=0.0))
+    if variant == "inductor_mlp":
+        block = DiTBlock(cfg)
+        block.mlp.kernels = "eager"
+        return block
     if variant == "matmuls_attention":
         return MatmulsAndAttention(d, heads)
     raise ValueError(f"unknown variant {variant!r}")
@@ -80,7 +84,8 @@ def time_variant(variant: str, d: int, blocks: int, heads: int, batch: int, seq_
                  profile: bool) -> tuple[float, dict | None]:
     """(ms per forward + backward, the kernel table or None). Variants beyond the model's own:
     bf16_params (bf16 matmul weights, so no per-call casts: the floor of a bf16 weight copy kept
-    across micro-batches), max_autotune (Inductor's GEMM templates with fused epilogues)."""
+    across micro-batches), max_autotune (Inductor's GEMM templates with fused epilogues),
+    inductor_mlp (the MLP's GELU as Inductor's kernels instead of cuBLASLt epilogues)."""
     torch.manual_seed(0)
     block = build(variant, d, blocks, heads).cuda().train()
     for p in block.parameters():   # adaLN is zero-initialised: give every branch a signal

@@ -37,11 +37,13 @@
 #   y  one GPU: weight-gradient accumulation in both layouts, then profiles of the large model, new and
 #      .whl/prev
 #   d  2 GPUs (nvidia-h200-x2): FSDP over 2, large then small, new and .whl/prev; then the GPU tests
+#   z  one GPU: the GELU-epilogue MLP's GPU tests and benchmark, one block with and without it (large,
+#      small), end-to-end training against .whl/prev as in w, then all GPU tests
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|r|t|w|y NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|r|t|w|y|z NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -272,6 +274,17 @@ y)
     task prof-large-$v 150 bench $v 1 large-$v-profile owt_large.toml --profile 1 --trace "$OUT/large_$v.json" \
       train.global_batch=64 train.micro_batch=16
   done
+  ;;
+z)
+  task gelu-tests 120 gpu0 gelu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gelu_mlp.py \
+    tests/test_gemm_grad_linear.py
+  task gelu-mlp 90 gpu0 gelu_mlp.log python3 benchmarks/gelu_mlp.py --results-dir "$OUT"
+  for size in large small; do
+    task blocks-$size-gelu 90 gpu0 blocks_${size}_gelu.log python3 benchmarks/block_breakdown.py --size $size \
+      --batch $([ $size = large ] && echo 16 || echo 32) --variants block,inductor_mlp --results-dir "$OUT"
+  done
+  runs_against_prev
+  task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
   ;;
 g)
   task blocks-large-kernels 200 gpu0 blocks_large_kernels.log python3 benchmarks/block_breakdown.py --size large \

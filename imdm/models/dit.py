@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imdm import rng
+from imdm.kernels.gelu_mlp import gelu_mlp, use_gelu_epilogues
 from imdm.kernels.masked_loss import fused_masked_nll
 from imdm.kernels.residual_norm import residual_norm_modulate
 from imdm.models.attention import SelfAttention
@@ -43,6 +44,23 @@ class DiTConfig:
         return (self.vocab_size + m - 1) // m * m
 
 
+class BlockMLP(nn.Sequential):
+    """Linear(d, 4d) -> GELU(tanh) -> Linear(4d, d) (nn.Sequential's children and state dict);
+    with kernels other than eager (auto: on CUDA) it runs as imdm.kernels.gelu_mlp, GELU inside
+    the matmuls' epilogues, adding the weight gradients into switched-on GemmGradLinear's `.grad`."""
+
+    def __init__(self, d: int, kernels: str):
+        super().__init__(GemmGradLinear(d, 4 * d), nn.GELU(approximate="tanh"), GemmGradLinear(4 * d, d))
+        self.kernels = kernels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up, _, down = self
+        if not use_gelu_epilogues(self.kernels, x):
+            return super().forward(x)
+        grads = [lin.weight.grad if lin.accumulate_in_gemm and torch.is_grad_enabled() else None for lin in (up, down)]
+        return gelu_mlp(x, up.weight, up.bias, down.weight, down.bias, *grads)
+
+
 class DiTBlock(nn.Module):
     """Pre-norm adaLN-Zero block whose last residual branch is left pending: the next block (or
     the head) adds it in the same kernel pass as its LayerNorm (imdm.kernels.residual_norm), so
@@ -54,7 +72,7 @@ class DiTBlock(nn.Module):
         self.norm1 = LayerNormNoBias(d)
         self.attn = SelfAttention(d, cfg.n_heads, cfg.attention, cfg.softcap, cfg.qk_norm)
         self.norm2 = LayerNormNoBias(d)
-        self.mlp = nn.Sequential(GemmGradLinear(d, 4 * d), nn.GELU(approximate="tanh"), GemmGradLinear(4 * d, d))
+        self.mlp = BlockMLP(d, cfg.kernels)
         self.adaLN = nn.Linear(cfg.cond_dim, 6 * d)
         nn.init.zeros_(self.adaLN.weight)
         nn.init.zeros_(self.adaLN.bias)

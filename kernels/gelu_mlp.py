@@ -1,0 +1,149 @@
+"""The DiT block's MLP, Linear -> GELU(tanh) -> Linear, with GELU inside the matmuls' epilogues.
+
+Fuses:    forward, the up-projection, its bias and GELU in one GEMM (cuBLASLt epilogue
+          GELU_AUX_BIAS, which also writes the pre-activation u for the backward); backward, the
+          down-projection's input gradient, GELU's derivative at u and the up-projection's bias
+          gradient in one GEMM (DGELU_BGRAD).
+Replaces: Inductor's GELU kernel and its backward (a read of u and a write of the activation,
+          then reads of u and the activation's gradient, a write of u's gradient and the bias
+          sums): memory-bound passes over [tokens, 4d] between the compute-bound matmuls.
+Numerics: bias and GELU act on the float32 accumulator before rounding, and GELU's derivative on
+          the unrounded product, where Inductor's path rounds both to bf16 first; the bias
+          gradient is summed in float32 from the unrounded u gradient.
+
+The two GEMMs are custom ops (kernels/cublaslt.py on CUDA, the eager references below on other
+devices); `gelu_mlp` is their autograd composition with the down-projection and the weight
+gradients (accumulated into float32 `.grad` in place, as GemmGradLinear does, when given).
+Backend "auto" uses it on CUDA tensors, "triton" everywhere (the references on CPU), "eager"
+never (autograd through nn.Linear and nn.GELU).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from imdm.kernels.backend import BACKENDS
+from imdm.models.gemm_grad_linear import accumulate_weight_grad
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_CUBIC = 0.044715
+
+
+def gelu_tanh_derivative(u: Tensor) -> Tensor:
+    """d/du of 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3))), in u's dtype."""
+    t = torch.tanh(_SQRT_2_OVER_PI * (u + _CUBIC * u ** 3))
+    return 0.5 * (1 + t) + 0.5 * u * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _CUBIC * u * u)
+
+
+def _wide(t: Tensor) -> Tensor:
+    """t in float32, or in its own dtype where that is wider."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def linear_gelu_reference(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """(GELU_tanh(u), u) for u = x weight^T + bias, GELU in float32 (at least), both in x's dtype."""
+    u = F.linear(x, weight, bias)
+    return F.gelu(_wide(u), approximate="tanh").to(u.dtype), u
+
+
+def matmul_dgelu_reference(dy: Tensor, weight: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """(du, its column sums in float32 at least) for du = (dy weight) * GELU_tanh'(u), in float32
+    arithmetic at least."""
+    du = (_wide(dy) @ _wide(weight)) * gelu_tanh_derivative(_wide(u))
+    return du.to(u.dtype), du.sum(0)
+
+
+def _cublaslt_eligible(x: Tensor, weight: Tensor) -> bool:
+    """cuBLASLt runs 16-bit CUDA operands whose rows are whole 16-byte units; the references run
+    the rest (float32 operands, odd widths, other devices)."""
+    return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and weight.shape[0] % 8 == 0 \
+        and weight.shape[1] % 8 == 0
+
+
+@torch.library.custom_op("imdm::linear_gelu", mutates_args=())
+def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """(GELU_tanh(u), u), u = x[N, in] weight[out, in]^T + bias: one cuBLASLt GEMM where eligible."""
+    if not _cublaslt_eligible(x, weight):
+        return linear_gelu_reference(x, weight, bias)
+    from imdm.kernels.cublaslt import gemm_epilogue
+    h = x.new_empty(x.shape[0], weight.shape[0])
+    u = torch.empty_like(h)
+    gemm_epilogue(x, weight.t(), h, "gelu_aux_bias", bias, u)
+    return h, u
+
+
+@linear_gelu.register_fake
+def _(x, weight, bias):
+    h = x.new_empty(x.shape[0], weight.shape[0])
+    return h, torch.empty_like(h)
+
+
+@torch.library.custom_op("imdm::matmul_dgelu", mutates_args=())
+def matmul_dgelu(dy: Tensor, weight: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """(du, du's column sums in float32 at least), du = (dy[N, out] weight[out, in]) * GELU_tanh'(u[N, in]):
+    one cuBLASLt GEMM where eligible."""
+    if not _cublaslt_eligible(dy, weight):
+        return matmul_dgelu_reference(dy, weight, u)
+    from imdm.kernels.cublaslt import gemm_epilogue
+    du = torch.empty_like(u)
+    bias_grad = u.new_empty(u.shape[1], dtype=torch.float32)
+    gemm_epilogue(dy, weight, du, "dgelu_bgrad", bias_grad, u)
+    return du, bias_grad
+
+
+@matmul_dgelu.register_fake
+def _(dy, weight, u):
+    return torch.empty_like(u), u.new_empty(u.shape[1], dtype=torch.promote_types(u.dtype, torch.float32))
+
+
+def _weight_grad(grad: Optional[Tensor], dy: Tensor, x: Tensor) -> Optional[Tensor]:
+    """dy^T x added into `grad` in place (returning None), or returned when there is no `grad`."""
+    if grad is None:
+        return dy.t() @ x
+    accumulate_weight_grad(grad, dy, x)
+    return None
+
+
+class _GeluMLP(torch.autograd.Function):
+    """y = (GELU_tanh(x W1^T + b1)) W2^T + b2 in autocast's dtype (x's without autocast)."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, grad1, grad2):
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        rows = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
+        w1, w2 = w1.to(dtype), w2.to(dtype)
+        h, u = torch.ops.imdm.linear_gelu(rows, w1, b1.to(dtype))
+        ctx.save_for_backward(rows, u, h, w1, w2, grad1, grad2)
+        ctx.input_shape = x.shape
+        return F.linear(h, w2, b2.to(dtype)).view(*x.shape[:-1], w2.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        rows, u, h, w1, w2, grad1, grad2 = ctx.saved_tensors
+        dy = dy.reshape(-1, dy.shape[-1]).contiguous()
+        dw2 = _weight_grad(grad2, dy, h)
+        db2 = dy.sum(0, dtype=torch.promote_types(dy.dtype, torch.float32))
+        du, db1 = torch.ops.imdm.matmul_dgelu(dy, w2, u)
+        dw1 = _weight_grad(grad1, du, rows)
+        dx = (du @ w1).view(*ctx.input_shape) if ctx.needs_input_grad[0] else None
+        return dx, dw1, db1, dw2, db2, None, None
+
+
+def gelu_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, grad1: Optional[Tensor] = None,
+             grad2: Optional[Tensor] = None) -> Tensor:
+    """Linear(w1, b1) -> GELU(tanh) -> Linear(w2, b2) on x [..., in]. With grad1/grad2 (the weights'
+    float32 `.grad`), the weight gradients are added into them in place instead of returned."""
+    return _GeluMLP.apply(x, w1, b1, w2, b2, grad1, grad2)
+
+
+def use_gelu_epilogues(backend: str, tensor: Tensor) -> bool:
+    """Whether `backend` means the epilogue GEMMs for inputs living where `tensor` lives."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; expected one of {BACKENDS}")
+    return backend == "triton" or (backend == "auto" and tensor.is_cuda)

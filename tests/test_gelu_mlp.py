@@ -1,0 +1,175 @@
+"""The block MLP with GELU in the matmuls' epilogues (imdm.kernels.gelu_mlp): the same function and
+gradients as Linear -> GELU(tanh) -> Linear under autograd, through the eager references on CPU
+and through cuBLASLt on CUDA (bf16, against float64, beside the reference's own error)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imdm.kernels import gelu_mlp as gelu_mlp_module
+from imdm.kernels.cublaslt import gemm_epilogue
+from imdm.kernels.gelu_mlp import (gelu_tanh_derivative, linear_gelu_reference, matmul_dgelu_reference,
+                                   use_gelu_epilogues)
+from imdm.models.dit import BlockMLP, DiTBlock, DiTConfig
+from imdm.models.gemm_grad_linear import keep_weight_grads
+
+
+def test_gelu_tanh_derivative_matches_autograd():
+    u = torch.cat([torch.linspace(-12, 12, 2001, dtype=torch.float64), torch.tensor([0.0, -1e-8, 40.0, -40.0],
+                                                                                    dtype=torch.float64)])
+    u.requires_grad_()
+    (grad,) = torch.autograd.grad(F.gelu(u, approximate="tanh").sum(), u)
+    torch.testing.assert_close(gelu_tanh_derivative(u.detach()), grad, rtol=1e-12, atol=1e-14)
+
+
+def test_references_are_the_ops_of_linear_gelu_and_its_backward():
+    """At odd shapes in float64: (h, u) and (du, bias gradient) equal what autograd computes for
+    GELU_tanh(x W^T + b) followed by a linear layer with weight W2."""
+    torch.manual_seed(0)
+    x, w1, b1 = torch.randn(47, 123, dtype=torch.float64), torch.randn(37, 123, dtype=torch.float64), \
+        torch.randn(37, dtype=torch.float64, requires_grad=True)
+    w2, dy = torch.randn(11, 37, dtype=torch.float64), torch.randn(47, 11, dtype=torch.float64)
+    u = F.linear(x, w1, b1)
+    h = F.gelu(u, approximate="tanh")
+    h_ref, u_ref = linear_gelu_reference(x, w1, b1.detach())
+    torch.testing.assert_close(h_ref, h.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(u_ref, u.detach(), rtol=1e-12, atol=1e-12)
+    u_leaf = u.detach().requires_grad_()
+    (du,) = torch.autograd.grad(F.linear(F.gelu(u_leaf, approximate="tanh"), w2), u_leaf, dy)
+    du_ref, db_ref = matmul_dgelu_reference(dy, w2, u_ref)
+    torch.testing.assert_close(du_ref, du, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(db_ref, du.sum(0), rtol=1e-12, atol=1e-12)
+
+
+def _twins(d: int, kernels: str, device: str = "cpu", seed: int = 0):
+    """BlockMLP(d, kernels) with its weights' .grad kept, and an nn.Sequential twin, same weights."""
+    torch.manual_seed(seed)
+    twin = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d)).to(device)
+    mlp = BlockMLP(d, kernels).to(device)
+    mlp.load_state_dict(twin.state_dict())
+    return mlp, twin
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("kept", [False, True])
+def test_block_mlp_trains_like_linear_gelu_linear(compiled, kept, monkeypatch):
+    """Three micro-batches through the fused autograd function (the references on CPU): outputs, the
+    input gradient and every parameter gradient equal nn.Sequential's, whether the weight
+    gradients are returned or added into the kept .grad in place; both ops ran once each."""
+    calls = []
+    for name in ("linear_gelu_reference", "matmul_dgelu_reference"):
+        original = getattr(gelu_mlp_module, name)
+        monkeypatch.setattr(gelu_mlp_module, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    mlp, twin = _twins(13, "triton")
+    kept_grads = [p.grad for p in keep_weight_grads(mlp)] if kept else []
+    run = torch.compile(mlp, fullgraph=True) if compiled else mlp
+    for rows in (5, 7, 3):
+        x = torch.randn(2, rows, 13)
+        x_ours, x_twin = x.clone().requires_grad_(), x.clone().requires_grad_()
+        calls.clear()
+        y = run(x_ours)
+        torch.testing.assert_close(y, twin(x_twin), rtol=1e-5, atol=1e-6)
+        y.square().sum().backward()
+        twin(x_twin).square().sum().backward()
+        torch.testing.assert_close(x_ours.grad, x_twin.grad, rtol=1e-5, atol=1e-6)
+        assert calls == ["linear_gelu_reference", "matmul_dgelu_reference"]
+    for a, b in zip(mlp.parameters(), twin.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is g for p, g in zip((mlp[0].weight, mlp[2].weight), kept_grads))
+
+
+def test_backend_choice_and_unchanged_state_dict():
+    assert not use_gelu_epilogues("auto", torch.zeros(1)) and use_gelu_epilogues("triton", torch.zeros(1))
+    assert not use_gelu_epilogues("eager", torch.zeros(1))
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        use_gelu_epilogues("cuda", torch.zeros(1))
+    mlp, _ = _twins(8, "eager")
+    assert "AddmmBackward" in mlp(torch.randn(3, 8, requires_grad=True)).grad_fn.name()
+    block = DiTBlock(DiTConfig(vocab_size=11, mask_id=10, d_model=16, n_blocks=1, n_heads=2))
+    assert [k for k in block.state_dict() if k.startswith("mlp.")] == ["mlp.0.weight", "mlp.0.bias", "mlp.2.weight",
+                                                                       "mlp.2.bias"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("width", "multiples of 8"), ("strides", "transposed contiguous"), ("dtype", "share one of"),
+    ("aux", "aux must be contiguous"),
+])
+def test_gemm_epilogue_rejects_what_cublaslt_cannot_run(case, message):
+    """Checked before anything reaches the GPU, so these run on CPU tensors."""
+    a, b = torch.zeros(4, 16, dtype=torch.bfloat16), torch.zeros(16, 24, dtype=torch.bfloat16)
+    out, aux, bias = torch.zeros(4, 24, dtype=torch.bfloat16), torch.zeros(4, 24, dtype=torch.bfloat16), torch.zeros(24)
+    if case == "width":
+        b, out, aux, bias = b[:, :20].contiguous(), out[:, :20].contiguous(), aux[:, :20].contiguous(), bias[:20]
+    elif case == "strides":
+        b = torch.zeros(16, 48, dtype=torch.bfloat16)[:, ::2]
+    elif case == "dtype":
+        out = out.half()
+    else:
+        aux = torch.zeros(24, 4, dtype=torch.bfloat16).t()
+    with pytest.raises(ValueError, match=message):
+        gemm_epilogue(a, b, out, "gelu_aux_bias", bias, aux)
+
+
+def _error(x: torch.Tensor, truth: torch.Tensor) -> float:
+    return ((x.double() - truth).abs().max() / truth.abs().max()).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows, d_in, d_out", [(47, 136, 544), (301, 1536, 6144), (1024, 768, 3072)])
+def test_cublaslt_epilogues_match_float64(rows, d_in, d_out):
+    """Both epilogue GEMMs in bf16 against float64 from the same operands: within twice the eager
+    reference's own bf16 error (h: GELU before rounding, so no worse than the reference)."""
+    torch.manual_seed(rows)
+    x = torch.randn(rows, d_in, device="cuda").bfloat16()
+    w1 = (torch.randn(d_out, d_in, device="cuda") / d_in ** 0.5).bfloat16()
+    b1 = torch.randn(d_out, device="cuda").bfloat16()
+    dy = torch.randn(rows, d_in, device="cuda").bfloat16()
+    w2 = (torch.randn(d_in, d_out, device="cuda") / d_out ** 0.5).bfloat16()
+    h, u = torch.ops.imdm.linear_gelu(x, w1, b1)
+    h_ref, u_ref = linear_gelu_reference(x, w1, b1)
+    u64 = x.double() @ w1.double().t() + b1.double()
+    h64 = F.gelu(u64, approximate="tanh")
+    assert _error(u, u64) <= 2 * _error(u_ref, u64)
+    assert _error(h, h64) <= _error(h_ref, h64) + 1e-6
+    du, db = torch.ops.imdm.matmul_dgelu(dy, w2, u)
+    du_ref, db_ref = matmul_dgelu_reference(dy, w2, u)
+    du64 = (dy.double() @ w2.double()) * gelu_tanh_derivative(u.double())
+    assert db.dtype == torch.float32
+    assert _error(du, du64) <= 2 * _error(du_ref, du64)
+    assert _error(db, du64.sum(0)) <= 2 * _error(db_ref, du64.sum(0)) + 1e-6
+
+
+@pytest.mark.gpu
+def test_cuda_ops_run_the_references_where_cublaslt_cannot():
+    """Widths that are not whole 16-byte rows, and float32 operands, take the eager references."""
+    torch.manual_seed(5)
+    for dtype, d_in, d_out in ((torch.bfloat16, 13, 52), (torch.float32, 16, 64)):
+        x, w, b = (torch.randn(9, d_in, device="cuda", dtype=dtype), torch.randn(d_out, d_in, device="cuda", dtype=dtype),
+                   torch.randn(d_out, device="cuda", dtype=dtype))
+        for got, want in zip(torch.ops.imdm.linear_gelu(x, w, b), linear_gelu_reference(x, w, b)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cuda_block_mlp_trains_like_linear_gelu_linear_under_autocast(compiled):
+    """Compiled or not, under bf16 autocast with the weight gradients kept: outputs and gradients
+    match nn.Sequential's within bf16 error, over two micro-batches."""
+    mlp, twin = _twins(136, "auto", "cuda", seed=6)
+    kept_grads = [p.grad for p in keep_weight_grads(mlp)]
+    run = torch.compile(mlp, fullgraph=True) if compiled else mlp
+    for rows in (301, 47):
+        x = torch.randn(3, rows, 136, device="cuda")
+        x_ours, x_twin = x.clone().requires_grad_(), x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y, y_twin = run(x_ours), twin(x_twin)
+        assert "GeluMLP" in y.grad_fn.name()
+        torch.testing.assert_close(y, y_twin, rtol=2e-2, atol=2e-2)
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        y_twin.backward(dy)
+    torch.testing.assert_close(x_ours.grad, x_twin.grad, rtol=2e-2, atol=2e-2)
+    for a, b in zip(mlp.parameters(), twin.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=3e-2, atol=3e-2)
+    assert all(p.grad is g for p, g in zip((mlp[0].weight, mlp[2].weight), kept_grads))
