@@ -37,8 +37,9 @@
 #   y  one GPU: weight-gradient accumulation in both layouts, then profiles of the large model, new and
 #      .whl/prev
 #   d  2 GPUs (nvidia-h200-x2): FSDP over 2, large then small, new and .whl/prev; then the GPU tests
-#   z  one GPU: the GELU-epilogue MLP's GPU tests and benchmark, one block with and without it (large,
-#      small), end-to-end training against .whl/prev as in w, then all GPU tests
+#   z  one GPU: the GELU-epilogue MLP's GPU tests (nothing else runs if they fail) and benchmark, a
+#      large block with and without it, end-to-end training against .whl/prev as in w, the small
+#      block, then all GPU tests
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
@@ -276,15 +277,17 @@ y)
   done
   ;;
 z)
-  task gelu-tests 120 gpu0 gelu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gelu_mlp.py \
-    tests/test_gemm_grad_linear.py
-  task gelu-mlp 90 gpu0 gelu_mlp.log python3 benchmarks/gelu_mlp.py --results-dir "$OUT"
-  for size in large small; do
-    task blocks-$size-gelu 90 gpu0 blocks_${size}_gelu.log python3 benchmarks/block_breakdown.py --size $size \
-      --batch $([ $size = large ] && echo 16 || echo 32) --variants block,inductor_mlp --results-dir "$OUT"
-  done
-  runs_against_prev
-  task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
+  CUBLASLT_LOG_MASK=5 task gelu-tests 120 gpu0 gelu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu \
+    tests/test_gelu_mlp.py tests/test_gemm_grad_linear.py
+  if [ -e $DONE/gelu-tests ]; then
+    task gelu-mlp 90 gpu0 gelu_mlp.log python3 benchmarks/gelu_mlp.py --results-dir "$OUT"
+    task blocks-large-gelu 90 gpu0 blocks_large_gelu.log python3 benchmarks/block_breakdown.py --size large \
+      --batch 16 --variants block,inductor_mlp --results-dir "$OUT"
+    runs_against_prev
+    task blocks-small-gelu 90 gpu0 blocks_small_gelu.log python3 benchmarks/block_breakdown.py --size small \
+      --batch 32 --variants block,inductor_mlp --results-dir "$OUT"
+    task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
+  fi
   ;;
 g)
   task blocks-large-kernels 200 gpu0 blocks_large_kernels.log python3 benchmarks/block_breakdown.py --size large \

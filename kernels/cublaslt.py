@@ -23,7 +23,7 @@ _DATA_TYPE = {torch.float32: 0, torch.float16: 2, torch.bfloat16: 14}   # cudaDa
 _COMPUTE_32F = 68
 _OP_N, _OP_T = 0, 1
 # cublasLtMatmulDescAttributes_t
-_TRANSA, _TRANSB, _EPILOGUE, _BIAS_POINTER, _AUX_POINTER, _AUX_LD, _BIAS_DATA_TYPE = 3, 4, 7, 8, 11, 12, 26
+_TRANSA, _TRANSB, _EPILOGUE, _BIAS_POINTER, _AUX_POINTER, _AUX_LD = 3, 4, 7, 8, 11, 12
 # cublasLtMatmulPreferenceAttributes_t
 _PREF_WORKSPACE, _PREF_ALIGN_A, _PREF_ALIGN_B, _PREF_ALIGN_C, _PREF_ALIGN_D = 1, 5, 6, 7, 8
 WORKSPACE_BYTES = 32 * 1024 * 1024
@@ -106,11 +106,27 @@ def _alignment(pointer: int) -> int:
     return min(256, pointer & -pointer) if pointer else 256
 
 
-@functools.cache
-def _plan(device: int, m: int, n: int, k: int, transpose_a: bool, dtype: torch.dtype, bias_dtype: torch.dtype,
-          epilogue: str, alignments: tuple[int, int, int]):
+def _set_pointers(desc: _VOID, bias: Tensor, aux: Tensor) -> None:
+    _set(_lib().cublasLtMatmulDescSetAttribute, desc, _BIAS_POINTER, _VOID(bias.data_ptr()))
+    _set(_lib().cublasLtMatmulDescSetAttribute, desc, _AUX_POINTER, _VOID(aux.data_ptr()))
+
+
+_PLANS: dict[tuple, tuple] = {}
+_LOCK = threading.Lock()   # forward and autograd's backward thread share the cached descriptors
+
+
+def _plan(device: int, m: int, n: int, k: int, transpose_a: bool, dtype: torch.dtype, epilogue: str,
+          alignments: tuple[int, int, int], bias: Tensor, aux: Tensor):
     """(matmul descriptor, layouts A, B, D, algorithm) for D[m, n] = op(A)[m, k] B[k, n] (cuBLASLt's
-    column-major view), cached per problem."""
+    column-major view), cached per problem: `bias` and `aux` are the first call's, set before the
+    heuristic asks for them (every call sets its own)."""
+    key = (device, m, n, k, transpose_a, dtype, epilogue, alignments)
+    if key not in _PLANS:
+        _PLANS[key] = _new_plan(*key, bias, aux)
+    return _PLANS[key]
+
+
+def _new_plan(device, m, n, k, transpose_a, dtype, epilogue, alignments, bias, aux):
     lib = _lib()
     desc = _VOID()
     _check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _COMPUTE_32F, _DATA_TYPE[torch.float32]),
@@ -118,7 +134,7 @@ def _plan(device: int, m: int, n: int, k: int, transpose_a: bool, dtype: torch.d
     _set(lib.cublasLtMatmulDescSetAttribute, desc, _TRANSA, ctypes.c_int32(_OP_T if transpose_a else _OP_N))
     _set(lib.cublasLtMatmulDescSetAttribute, desc, _TRANSB, ctypes.c_int32(_OP_N))
     _set(lib.cublasLtMatmulDescSetAttribute, desc, _EPILOGUE, ctypes.c_uint32(EPILOGUES[epilogue]))
-    _set(lib.cublasLtMatmulDescSetAttribute, desc, _BIAS_DATA_TYPE, ctypes.c_int32(_DATA_TYPE[bias_dtype]))
+    _set_pointers(desc, bias, aux)
     _set(lib.cublasLtMatmulDescSetAttribute, desc, _AUX_LD, ctypes.c_int64(m))
     layout_a = _layout(dtype, k, m, k) if transpose_a else _layout(dtype, m, k, m)
     layout_b, layout_d = _layout(dtype, k, n, k), _layout(dtype, m, n, m)
@@ -135,11 +151,10 @@ def _plan(device: int, m: int, n: int, k: int, transpose_a: bool, dtype: torch.d
            "cublasLtMatmulAlgoGetHeuristic")
     if found.value < 1:
         raise RuntimeError(f"cuBLASLt has no algorithm for epilogue {epilogue} at m={m} n={n} k={k} "
-                           f"({dtype}, bias {bias_dtype}, alignments {alignments})")
+                           f"({dtype}, alignments {alignments})")
     return desc, layout_a, layout_b, layout_d, result
 
 
-_LOCK = threading.Lock()   # forward and autograd's backward thread share the cached descriptors
 _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
 
 
@@ -147,10 +162,10 @@ def gemm_epilogue(a: Tensor, b: Tensor, out: Tensor, epilogue: str, bias: Tensor
     """out[M, N] = epilogue(a[M, K] @ b[K, N]) in row-major terms, float32 accumulation.
 
     gelu_aux_bias: out = GELU_tanh(a @ b + bias), aux = a @ b + bias (both out's dtype);
-    dgelu_bgrad:   out = (a @ b) * GELU_tanh'(aux), bias = out's column sums (before rounding).
+    dgelu_bgrad:   out = (a @ b) * GELU_tanh'(aux), bias = out's column sums (of the unrounded out).
     a, out and aux are contiguous; b is contiguous or the transpose of a contiguous [N, K] (an
-    nn.Linear weight); a, b, out, aux share one 16-bit dtype; bias is [N], float32 or that dtype;
-    N and K are multiples of 8 (16-byte rows)."""
+    nn.Linear weight); a, b, out, aux and bias [N] share one 16-bit dtype; N and K are multiples
+    of 8 (16-byte rows)."""
     m_rows, k = a.shape
     n = b.shape[1]
     if b.stride() == (n, 1):
@@ -164,21 +179,21 @@ def gemm_epilogue(a: Tensor, b: Tensor, out: Tensor, epilogue: str, bias: Tensor
             raise ValueError(f"{name} must be contiguous")
     if n % 8 or k % 8:
         raise ValueError(f"cuBLASLt epilogue GEMMs need N and K multiples of 8, got N={n} K={k}")
-    if not (a.dtype == b.dtype == out.dtype == aux.dtype) or a.dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"a, b, out, aux must share one of bf16/fp16, got {a.dtype}, {b.dtype}, {out.dtype}, {aux.dtype}")
+    dtypes = (a.dtype, b.dtype, out.dtype, aux.dtype, bias.dtype)
+    if len(set(dtypes)) > 1 or a.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"a, b, out, aux, bias must share one of bf16/fp16, got {dtypes}")
     if out.shape != (m_rows, n) or aux.shape != (m_rows, n) or bias.shape != (n,):
         raise ValueError(f"shapes: a {tuple(a.shape)} b {tuple(b.shape)} out {tuple(out.shape)} aux {tuple(aux.shape)} "
                          f"bias {tuple(bias.shape)}")
     device = a.device.index if a.device.index is not None else torch.cuda.current_device()
     alignments = (_alignment(b.data_ptr()), _alignment(a.data_ptr()), _alignment(out.data_ptr()))
-    desc, layout_a, layout_b, layout_d, result = _plan(device, n, m_rows, k, transpose_a, a.dtype, bias.dtype,
-                                                       epilogue, alignments)
     stream = torch.cuda.current_stream(device).cuda_stream
     workspace = _workspace(device, stream)
     lib = _lib()
     with _LOCK:
-        _set(lib.cublasLtMatmulDescSetAttribute, desc, _BIAS_POINTER, _VOID(bias.data_ptr()))
-        _set(lib.cublasLtMatmulDescSetAttribute, desc, _AUX_POINTER, _VOID(aux.data_ptr()))
+        desc, layout_a, layout_b, layout_d, result = _plan(device, n, m_rows, k, transpose_a, a.dtype, epilogue,
+                                                           alignments, bias, aux)
+        _set_pointers(desc, bias, aux)
         _check(lib.cublasLtMatmul(_handle(device), desc, ctypes.byref(_ONE), b.data_ptr(), layout_a, a.data_ptr(),
                                   layout_b, ctypes.byref(_ZERO), out.data_ptr(), layout_d, out.data_ptr(), layout_d,
                                   ctypes.byref(result.algo), workspace.data_ptr(), WORKSPACE_BYTES, stream),

@@ -9,7 +9,8 @@ Replaces: Inductor's GELU kernel and its backward (a read of u and a write of th
           sums): memory-bound passes over [tokens, 4d] between the compute-bound matmuls.
 Numerics: bias and GELU act on the float32 accumulator before rounding, and GELU's derivative on
           the unrounded product, where Inductor's path rounds both to bf16 first; the bias
-          gradient is summed in float32 from the unrounded u gradient.
+          gradient is summed from the unrounded u gradient (and rounded to bf16, as autograd's
+          gradient of autocast's bf16 bias is).
 
 The two GEMMs are custom ops (kernels/cublaslt.py on CUDA, the eager references below on other
 devices); `gelu_mlp` is their autograd composition with the down-projection and the weight
@@ -52,10 +53,10 @@ def linear_gelu_reference(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tens
 
 
 def matmul_dgelu_reference(dy: Tensor, weight: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """(du, its column sums in float32 at least) for du = (dy weight) * GELU_tanh'(u), in float32
-    arithmetic at least."""
+    """(du, its column sums), du = (dy weight) * GELU_tanh'(u), in float32 arithmetic at least,
+    both rounded to u's dtype at the end."""
     du = (_wide(dy) @ _wide(weight)) * gelu_tanh_derivative(_wide(u))
-    return du.to(u.dtype), du.sum(0)
+    return du.to(u.dtype), du.sum(0).to(u.dtype)
 
 
 def _cublaslt_eligible(x: Tensor, weight: Tensor) -> bool:
@@ -85,20 +86,20 @@ def _(x, weight, bias):
 
 @torch.library.custom_op("imdm::matmul_dgelu", mutates_args=())
 def matmul_dgelu(dy: Tensor, weight: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """(du, du's column sums in float32 at least), du = (dy[N, out] weight[out, in]) * GELU_tanh'(u[N, in]):
-    one cuBLASLt GEMM where eligible."""
+    """(du, du's column sums), du = (dy[N, out] weight[out, in]) * GELU_tanh'(u[N, in]), both in u's
+    dtype: one cuBLASLt GEMM where eligible."""
     if not _cublaslt_eligible(dy, weight):
         return matmul_dgelu_reference(dy, weight, u)
     from imdm.kernels.cublaslt import gemm_epilogue
     du = torch.empty_like(u)
-    bias_grad = u.new_empty(u.shape[1], dtype=torch.float32)
+    bias_grad = u.new_empty(u.shape[1])
     gemm_epilogue(dy, weight, du, "dgelu_bgrad", bias_grad, u)
     return du, bias_grad
 
 
 @matmul_dgelu.register_fake
 def _(dy, weight, u):
-    return torch.empty_like(u), u.new_empty(u.shape[1], dtype=torch.promote_types(u.dtype, torch.float32))
+    return torch.empty_like(u), u.new_empty(u.shape[1])
 
 
 def _weight_grad(grad: Optional[Tensor], dy: Tensor, x: Tensor) -> Optional[Tensor]:

@@ -119,7 +119,8 @@ def _error(x: torch.Tensor, truth: torch.Tensor) -> float:
 @pytest.mark.parametrize("rows, d_in, d_out", [(47, 136, 544), (301, 1536, 6144), (1024, 768, 3072)])
 def test_cublaslt_epilogues_match_float64(rows, d_in, d_out):
     """Both epilogue GEMMs in bf16 against float64 from the same operands: within twice the eager
-    reference's own bf16 error (h: GELU before rounding, so no worse than the reference)."""
+    reference's own bf16 error (the bias gradient, one number per column: within one bf16 step of
+    the largest entry beyond it)."""
     torch.manual_seed(rows)
     x = torch.randn(rows, d_in, device="cuda").bfloat16()
     w1 = (torch.randn(d_out, d_in, device="cuda") / d_in ** 0.5).bfloat16()
@@ -131,13 +132,13 @@ def test_cublaslt_epilogues_match_float64(rows, d_in, d_out):
     u64 = x.double() @ w1.double().t() + b1.double()
     h64 = F.gelu(u64, approximate="tanh")
     assert _error(u, u64) <= 2 * _error(u_ref, u64)
-    assert _error(h, h64) <= _error(h_ref, h64) + 1e-6
+    assert _error(h, h64) <= 2 * _error(h_ref, h64)
     du, db = torch.ops.imdm.matmul_dgelu(dy, w2, u)
     du_ref, db_ref = matmul_dgelu_reference(dy, w2, u)
     du64 = (dy.double() @ w2.double()) * gelu_tanh_derivative(u.double())
-    assert db.dtype == torch.float32
+    assert db.dtype == torch.bfloat16
     assert _error(du, du64) <= 2 * _error(du_ref, du64)
-    assert _error(db, du64.sum(0)) <= 2 * _error(db_ref, du64.sum(0)) + 1e-6
+    assert _error(db, du64.sum(0)) <= _error(db_ref, du64.sum(0)) + 2 ** -8
 
 
 @pytest.mark.gpu
