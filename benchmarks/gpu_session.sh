@@ -37,7 +37,7 @@
 #   y  one GPU: weight-gradient accumulation in both layouts, then profiles of the large model, new and
 #      .whl/prev
 #   d  2 GPUs (nvidia-h200-x2): FSDP over 2, large then small, new and .whl/prev; then the GPU tests
-#   z  one GPU: the GELU-epilogue MLP's GPU tests (nothing else runs if they fail) and benchmark, a
+#   z  one GPU: the GELU-epilogue GEMMs' GPU tests (nothing else runs if they fail), its benchmark, a
 #      large block with and without it, end-to-end training against .whl/prev as in w, the small
 #      block, then all GPU tests
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
@@ -277,9 +277,9 @@ y)
   done
   ;;
 z)
-  CUBLASLT_LOG_MASK=5 task gelu-tests 120 gpu0 gelu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu \
-    tests/test_gelu_mlp.py tests/test_gemm_grad_linear.py
-  if [ -e $DONE/gelu-tests ]; then
+  CUBLASLT_LOG_MASK=5 task gelu-ops 60 gpu0 gelu_ops.log python3 -m pytest -q -p no:cacheprovider -m gpu \
+    tests/test_gelu_mlp.py -k "cublaslt_epilogues or run_the_references"
+  if [ -e $DONE/gelu-ops ]; then
     task gelu-mlp 90 gpu0 gelu_mlp.log python3 benchmarks/gelu_mlp.py --results-dir "$OUT"
     task blocks-large-gelu 90 gpu0 blocks_large_gelu.log python3 benchmarks/block_breakdown.py --size large \
       --batch 16 --variants block,inductor_mlp --results-dir "$OUT"
