@@ -40,11 +40,12 @@
 #   z  one GPU: the GELU-epilogue GEMMs' GPU tests (nothing else runs if they fail), its benchmark, a
 #      large block with and without it, end-to-end training against .whl/prev as in w, the small
 #      block, then all GPU tests
+#   q  one GPU: cuBLASLt's epilogues at the block MLP's shapes, up to 8 algorithms each
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|r|t|w|y|z NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -288,6 +289,9 @@ z)
       --batch 32 --variants block,inductor_mlp --results-dir "$OUT"
     task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
   fi
+  ;;
+q)
+  task cublaslt-epilogues 150 gpu0 cublaslt_epilogues.log python3 benchmarks/cublaslt_epilogues.py --results-dir "$OUT"
   ;;
 g)
   task blocks-large-kernels 200 gpu0 blocks_large_kernels.log python3 benchmarks/block_breakdown.py --size large \
