@@ -2,8 +2,10 @@
 
 PyTorch reaches cuBLASLt's bias epilogue (and a GELU one without its auxiliary output) but not
 the two that training needs: GELU_AUX_BIAS (bias + GELU after the product, also writing the
-pre-activation) and DGELU_BGRAD (the product times GELU's derivative at that pre-activation, and
-the bias gradient, the column sums of the result). cuBLASLt's GELU is the tanh approximation.
+pre-activation) and DGELU (the product times GELU's derivative at that pre-activation). cuBLASLt's
+GELU is the tanh approximation. (DGELU_BGRAD, which also sums the bias gradient, runs as a plain
+GEMM and a separate epilogue kernel that took 0.6 ms at a large block's shape on an H200, slower
+than the GEMM itself: benchmarks/cublaslt_epilogues.py.)
 This module binds the handful of cuBLASLt entry points that `gemm_epilogue` needs, from the
 library PyTorch itself loaded; descriptors and the chosen algorithm are cached per problem.
 """
@@ -14,11 +16,12 @@ import ctypes
 import ctypes.util
 import functools
 import threading
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-EPILOGUES = {"gelu_aux_bias": 164, "dgelu_bgrad": 208}   # cublasLtEpilogue_t
+EPILOGUES = {"gelu_aux_bias": 164, "dgelu": 192}   # cublasLtEpilogue_t
 _DATA_TYPE = {torch.float32: 0, torch.float16: 2, torch.bfloat16: 14}   # cudaDataType_t
 _COMPUTE_32F = 68
 _OP_N, _OP_T = 0, 1
@@ -106,8 +109,9 @@ def _alignment(pointer: int) -> int:
     return min(256, pointer & -pointer) if pointer else 256
 
 
-def _set_pointers(desc: _VOID, bias: Tensor, aux: Tensor) -> None:
-    _set(_lib().cublasLtMatmulDescSetAttribute, desc, _BIAS_POINTER, _VOID(bias.data_ptr()))
+def _set_pointers(desc: _VOID, bias: Optional[Tensor], aux: Tensor) -> None:
+    if bias is not None:
+        _set(_lib().cublasLtMatmulDescSetAttribute, desc, _BIAS_POINTER, _VOID(bias.data_ptr()))
     _set(_lib().cublasLtMatmulDescSetAttribute, desc, _AUX_POINTER, _VOID(aux.data_ptr()))
 
 
@@ -116,7 +120,7 @@ _LOCK = threading.Lock()   # forward and autograd's backward thread share the ca
 
 
 def _plan(device: int, m: int, n: int, k: int, transpose_a: bool, dtype: torch.dtype, epilogue: str,
-          alignments: tuple[int, int, int], bias: Tensor, aux: Tensor):
+          alignments: tuple[int, int, int], bias: Optional[Tensor], aux: Tensor):
     """(matmul descriptor, layouts A, B, D, algorithm) for D[m, n] = op(A)[m, k] B[k, n] (cuBLASLt's
     column-major view), cached per problem: `bias` and `aux` are the first call's, set before the
     heuristic asks for them (every call sets its own)."""
@@ -158,11 +162,11 @@ def _new_plan(device, m, n, k, transpose_a, dtype, epilogue, alignments, bias, a
 _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
 
 
-def gemm_epilogue(a: Tensor, b: Tensor, out: Tensor, epilogue: str, bias: Tensor, aux: Tensor) -> None:
+def gemm_epilogue(a: Tensor, b: Tensor, out: Tensor, epilogue: str, bias: Optional[Tensor], aux: Tensor) -> None:
     """out[M, N] = epilogue(a[M, K] @ b[K, N]) in row-major terms, float32 accumulation.
 
     gelu_aux_bias: out = GELU_tanh(a @ b + bias), aux = a @ b + bias (both out's dtype);
-    dgelu_bgrad:   out = (a @ b) * GELU_tanh'(aux), bias = out's column sums (of the unrounded out).
+    dgelu:         out = (a @ b) * GELU_tanh'(aux) (bias None).
     a, out and aux are contiguous; b is contiguous or the transpose of a contiguous [N, K] (an
     nn.Linear weight); a, b, out, aux and bias [N] share one 16-bit dtype; N and K are multiples
     of 8 (16-byte rows)."""
@@ -179,12 +183,14 @@ def gemm_epilogue(a: Tensor, b: Tensor, out: Tensor, epilogue: str, bias: Tensor
             raise ValueError(f"{name} must be contiguous")
     if n % 8 or k % 8:
         raise ValueError(f"cuBLASLt epilogue GEMMs need N and K multiples of 8, got N={n} K={k}")
-    dtypes = (a.dtype, b.dtype, out.dtype, aux.dtype, bias.dtype)
-    if len(set(dtypes)) > 1 or a.dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"a, b, out, aux, bias must share one of bf16/fp16, got {dtypes}")
-    if out.shape != (m_rows, n) or aux.shape != (m_rows, n) or bias.shape != (n,):
+    if epilogue not in EPILOGUES or (bias is None) != (epilogue == "dgelu"):
+        raise ValueError(f"epilogue {epilogue!r}: expected gelu_aux_bias with a bias or dgelu without one")
+    tensors = (a, b, out, aux) + (() if bias is None else (bias,))
+    if len({t.dtype for t in tensors}) > 1 or a.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"a, b, out, aux, bias must share one of bf16/fp16, got {[t.dtype for t in tensors]}")
+    if out.shape != (m_rows, n) or aux.shape != (m_rows, n) or (bias is not None and bias.shape != (n,)):
         raise ValueError(f"shapes: a {tuple(a.shape)} b {tuple(b.shape)} out {tuple(out.shape)} aux {tuple(aux.shape)} "
-                         f"bias {tuple(bias.shape)}")
+                         f"bias {None if bias is None else tuple(bias.shape)}")
     device = a.device.index if a.device.index is not None else torch.cuda.current_device()
     alignments = (_alignment(b.data_ptr()), _alignment(a.data_ptr()), _alignment(out.data_ptr()))
     stream = torch.cuda.current_stream(device).cuda_stream

@@ -2,15 +2,13 @@
 
 Fuses:    forward, the up-projection, its bias and GELU in one GEMM (cuBLASLt epilogue
           GELU_AUX_BIAS, which also writes the pre-activation u for the backward); backward, the
-          down-projection's input gradient, GELU's derivative at u and the up-projection's bias
-          gradient in one GEMM (DGELU_BGRAD).
+          down-projection's input gradient and GELU's derivative at u in one GEMM (DGELU). The
+          up-projection's bias gradient, the column sums of u's gradient, stays Inductor's.
 Replaces: Inductor's GELU kernel and its backward (a read of u and a write of the activation,
-          then reads of u and the activation's gradient, a write of u's gradient and the bias
-          sums): memory-bound passes over [tokens, 4d] between the compute-bound matmuls.
+          then reads of u and the activation's gradient and a write of u's gradient):
+          memory-bound passes over [tokens, 4d] between the compute-bound matmuls.
 Numerics: bias and GELU act on the float32 accumulator before rounding, and GELU's derivative on
-          the unrounded product, where Inductor's path rounds both to bf16 first; the bias
-          gradient is summed from the unrounded u gradient (and rounded to bf16, as autograd's
-          gradient of autocast's bf16 bias is).
+          the unrounded product, where Inductor's path rounds both to bf16 first.
 
 The two GEMMs are custom ops (kernels/cublaslt.py on CUDA, the eager references below on other
 devices); `gelu_mlp` is their autograd composition with the down-projection and the weight
@@ -52,11 +50,9 @@ def linear_gelu_reference(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tens
     return F.gelu(_wide(u), approximate="tanh").to(u.dtype), u
 
 
-def matmul_dgelu_reference(dy: Tensor, weight: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """(du, its column sums), du = (dy weight) * GELU_tanh'(u), in float32 arithmetic at least,
-    both rounded to u's dtype at the end."""
-    du = (_wide(dy) @ _wide(weight)) * gelu_tanh_derivative(_wide(u))
-    return du.to(u.dtype), du.sum(0).to(u.dtype)
+def matmul_dgelu_reference(dy: Tensor, weight: Tensor, u: Tensor) -> Tensor:
+    """du = (dy weight) * GELU_tanh'(u), in float32 arithmetic at least, rounded to u's dtype."""
+    return ((_wide(dy) @ _wide(weight)) * gelu_tanh_derivative(_wide(u))).to(u.dtype)
 
 
 def _cublaslt_eligible(x: Tensor, weight: Tensor) -> bool:
@@ -85,21 +81,20 @@ def _(x, weight, bias):
 
 
 @torch.library.custom_op("imdm::matmul_dgelu", mutates_args=())
-def matmul_dgelu(dy: Tensor, weight: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """(du, du's column sums), du = (dy[N, out] weight[out, in]) * GELU_tanh'(u[N, in]), both in u's
-    dtype: one cuBLASLt GEMM where eligible."""
+def matmul_dgelu(dy: Tensor, weight: Tensor, u: Tensor) -> Tensor:
+    """du = (dy[N, out] weight[out, in]) * GELU_tanh'(u[N, in]) in u's dtype: one cuBLASLt GEMM
+    where eligible."""
     if not _cublaslt_eligible(dy, weight):
         return matmul_dgelu_reference(dy, weight, u)
     from imdm.kernels.cublaslt import gemm_epilogue
     du = torch.empty_like(u)
-    bias_grad = u.new_empty(u.shape[1])
-    gemm_epilogue(dy, weight, du, "dgelu_bgrad", bias_grad, u)
-    return du, bias_grad
+    gemm_epilogue(dy, weight, du, "dgelu", None, u)
+    return du
 
 
 @matmul_dgelu.register_fake
 def _(dy, weight, u):
-    return torch.empty_like(u), u.new_empty(u.shape[1])
+    return torch.empty_like(u)
 
 
 def _weight_grad(grad: Optional[Tensor], dy: Tensor, x: Tensor) -> Optional[Tensor]:
@@ -130,7 +125,8 @@ class _GeluMLP(torch.autograd.Function):
         dy = dy.reshape(-1, dy.shape[-1]).contiguous()
         dw2 = _weight_grad(grad2, dy, h)
         db2 = dy.sum(0, dtype=torch.promote_types(dy.dtype, torch.float32))
-        du, db1 = torch.ops.imdm.matmul_dgelu(dy, w2, u)
+        du = torch.ops.imdm.matmul_dgelu(dy, w2, u)
+        db1 = du.sum(0, dtype=db2.dtype)
         dw1 = _weight_grad(grad1, du, rows)
         dx = (du @ w1).view(*ctx.input_shape) if ctx.needs_input_grad[0] else None
         return dx, dw1, db1, dw2, db2, None, None
