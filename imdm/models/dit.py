@@ -35,7 +35,7 @@ class DiTConfig:
     qk_norm: bool = False
     vocab_pad_multiple: int = 1
     time_conditioning: bool = False
-    kernels: str = "auto"           # residual + LayerNorm kernel: auto (Triton on CUDA), triton, eager
+    kernels: str = "auto"           # residual + LayerNorm kernel and MLP epilogue GEMMs: auto (on CUDA), triton, eager
     mask_state: MaskStateConfig | None = None   # None: plain MDLM (as_mdlm)
 
     @property
