@@ -5,6 +5,7 @@ and through cuBLASLt on CUDA (bf16, against float64, beside the reference's own 
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from imdm.kernels import gelu_mlp as gelu_mlp_module
@@ -27,21 +28,21 @@ def test_references_are_the_ops_of_linear_gelu_and_its_backward():
     """At odd shapes in float64: (h, u) and du equal what autograd computes for
     GELU_tanh(x W^T + b) followed by a linear layer with weight W2."""
     torch.manual_seed(0)
-    x, w1, b1 = torch.randn(47, 123, dtype=torch.float64), torch.randn(37, 123, dtype=torch.float64), \
-        torch.randn(37, dtype=torch.float64, requires_grad=True)
+    x, w1, b1 = (torch.randn(47, 123, dtype=torch.float64), torch.randn(37, 123, dtype=torch.float64),
+                 torch.randn(37, dtype=torch.float64))
     w2, dy = torch.randn(11, 37, dtype=torch.float64), torch.randn(47, 11, dtype=torch.float64)
     u = F.linear(x, w1, b1)
     h = F.gelu(u, approximate="tanh")
-    h_ref, u_ref = linear_gelu_reference(x, w1, b1.detach())
-    torch.testing.assert_close(h_ref, h.detach(), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(u_ref, u.detach(), rtol=1e-12, atol=1e-12)
+    h_ref, u_ref = linear_gelu_reference(x, w1, b1)
+    torch.testing.assert_close(h_ref, h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(u_ref, u, rtol=1e-12, atol=1e-12)
     u_leaf = u.detach().requires_grad_()
     (du,) = torch.autograd.grad(F.linear(F.gelu(u_leaf, approximate="tanh"), w2), u_leaf, dy)
     torch.testing.assert_close(matmul_dgelu_reference(dy, w2, u_ref), du, rtol=1e-12, atol=1e-12)
 
 
 def _twins(d: int, kernels: str, device: str = "cpu", seed: int = 0):
-    """BlockMLP(d, kernels) with its weights' .grad kept, and an nn.Sequential twin, same weights."""
+    """BlockMLP(d, kernels) and an nn.Sequential twin with the same weights."""
     torch.manual_seed(seed)
     twin = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d)).to(device)
     mlp = BlockMLP(d, kernels).to(device)
@@ -75,6 +76,22 @@ def test_block_mlp_trains_like_linear_gelu_linear(compiled, kept, monkeypatch):
     for a, b in zip(mlp.parameters(), twin.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
     assert all(p.grad is g for p, g in zip((mlp[0].weight, mlp[2].weight), kept_grads))
+
+
+def test_block_mlp_recomputed_by_activation_checkpointing(monkeypatch):
+    """Under non-reentrant activation checkpointing the fused forward runs twice (the second time to
+    rebuild what the backward saves) and the kept weight gradients are still added into once."""
+    calls = []
+    original = gelu_mlp_module.linear_gelu_reference
+    monkeypatch.setattr(gelu_mlp_module, "linear_gelu_reference", lambda *a: calls.append(1) or original(*a))
+    mlp, twin = _twins(12, "triton", seed=7)
+    keep_weight_grads(mlp)
+    x = torch.randn(3, 4, 12)
+    torch.utils.checkpoint.checkpoint(mlp, x, use_reentrant=False).square().sum().backward()
+    twin(x).square().sum().backward()
+    assert calls == [1, 1]
+    for a, b in zip(mlp.parameters(), twin.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_block_mlp_under_fsdp2_matches_linear_gelu_linear(tmp_path, monkeypatch):
