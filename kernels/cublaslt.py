@@ -120,10 +120,11 @@ _LOCK = threading.Lock()   # forward and autograd's backward thread share the ca
 
 
 def _plan(device: int, m: int, n: int, k: int, transpose_a: bool, dtype: torch.dtype, epilogue: str,
-          alignments: tuple[int, int, int], bias: Optional[Tensor], aux: Tensor):
+          alignments: tuple[int, ...], bias: Optional[Tensor], aux: Tensor):
     """(matmul descriptor, layouts A, B, D, algorithm) for D[m, n] = op(A)[m, k] B[k, n] (cuBLASLt's
-    column-major view), cached per problem: `bias` and `aux` are the first call's, set before the
-    heuristic asks for them (every call sets its own)."""
+    column-major view), cached per problem and pointer alignments (A, B, D, aux, bias): `bias` and
+    `aux` are the first call's, set before the heuristic, which reads their alignment (every call
+    sets its own)."""
     key = (device, m, n, k, transpose_a, dtype, epilogue, alignments)
     if key not in _PLANS:
         _PLANS[key] = _new_plan(*key, bias, aux)
@@ -145,7 +146,7 @@ def _new_plan(device, m, n, k, transpose_a, dtype, epilogue, alignments, bias, a
     pref = _VOID()
     _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "cublasLtMatmulPreferenceCreate")
     _set(lib.cublasLtMatmulPreferenceSetAttribute, pref, _PREF_WORKSPACE, ctypes.c_uint64(WORKSPACE_BYTES))
-    align_a, align_b, align_d = alignments
+    align_a, align_b, align_d = alignments[:3]
     for attribute, value in ((_PREF_ALIGN_A, align_a), (_PREF_ALIGN_B, align_b), (_PREF_ALIGN_C, align_d),
                              (_PREF_ALIGN_D, align_d)):
         _set(lib.cublasLtMatmulPreferenceSetAttribute, pref, attribute, ctypes.c_uint32(value))
@@ -167,9 +168,9 @@ def gemm_epilogue(a: Tensor, b: Tensor, out: Tensor, epilogue: str, bias: Option
 
     gelu_aux_bias: out = GELU_tanh(a @ b + bias), aux = a @ b + bias (both out's dtype);
     dgelu:         out = (a @ b) * GELU_tanh'(aux) (bias None).
-    a, out and aux are contiguous; b is contiguous or the transpose of a contiguous [N, K] (an
-    nn.Linear weight); a, b, out, aux and bias [N] share one 16-bit dtype; N and K are multiples
-    of 8 (16-byte rows)."""
+    a, out, aux and bias are contiguous; b is contiguous or the transpose of a contiguous [N, K]
+    (an nn.Linear weight); a, b, out, aux and bias [N] share one 16-bit dtype and the current CUDA
+    device; N and K are multiples of 8 (16-byte rows). M = 0 writes nothing."""
     m_rows, k = a.shape
     n = b.shape[1]
     if b.stride() == (n, 1):
@@ -178,8 +179,8 @@ def gemm_epilogue(a: Tensor, b: Tensor, out: Tensor, epilogue: str, bias: Option
         transpose_a = True
     else:
         raise ValueError(f"b must be contiguous or a transposed contiguous matrix, got strides {b.stride()}")
-    for name, t in (("a", a), ("out", out), ("aux", aux)):
-        if not t.is_contiguous():
+    for name, t in (("a", a), ("out", out), ("aux", aux), ("bias", bias)):
+        if t is not None and not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
     if n % 8 or k % 8:
         raise ValueError(f"cuBLASLt epilogue GEMMs need N and K multiples of 8, got N={n} K={k}")
@@ -191,8 +192,16 @@ def gemm_epilogue(a: Tensor, b: Tensor, out: Tensor, epilogue: str, bias: Option
     if out.shape != (m_rows, n) or aux.shape != (m_rows, n) or (bias is not None and bias.shape != (n,)):
         raise ValueError(f"shapes: a {tuple(a.shape)} b {tuple(b.shape)} out {tuple(out.shape)} aux {tuple(aux.shape)} "
                          f"bias {None if bias is None else tuple(bias.shape)}")
+    if len({t.device for t in tensors}) > 1:
+        raise ValueError(f"a, b, out, aux, bias must share one device, got {[str(t.device) for t in tensors]}")
+    if m_rows == 0:
+        return
     device = a.device.index if a.device.index is not None else torch.cuda.current_device()
-    alignments = (_alignment(b.data_ptr()), _alignment(a.data_ptr()), _alignment(out.data_ptr()))
+    if a.device.type != "cuda" or device != torch.cuda.current_device():
+        raise ValueError(f"the operands must live on the current CUDA device ({torch.cuda.current_device()}), "
+                         f"got {a.device}")
+    alignments = tuple(_alignment(t.data_ptr()) for t in (b, a, out, aux)) + (
+        256 if bias is None else _alignment(bias.data_ptr()),)
     stream = torch.cuda.current_stream(device).cuda_stream
     workspace = _workspace(device, stream)
     lib = _lib()

@@ -126,12 +126,14 @@ class _GeluMLP(torch.autograd.Function):
     def backward(ctx, dy):
         rows, u, h, w1, w2, grad1, grad2 = ctx.saved_tensors
         dy = dy.reshape(-1, dy.shape[-1]).contiguous()
-        dw2 = _weight_grad(grad2, dy, h)
-        db2 = dy.sum(0, dtype=torch.promote_types(dy.dtype, torch.float32))
+        needs = ctx.needs_input_grad
+        sum_dtype = torch.promote_types(dy.dtype, torch.float32)
+        dw2 = _weight_grad(grad2, dy, h) if needs[3] else None
+        db2 = dy.sum(0, dtype=sum_dtype) if needs[4] else None
         du = torch.ops.imdm.matmul_dgelu(dy, w2, u)
-        db1 = du.sum(0, dtype=db2.dtype)
-        dw1 = _weight_grad(grad1, du, rows)
-        dx = (du @ w1).view(*ctx.input_shape) if ctx.needs_input_grad[0] else None
+        dw1 = _weight_grad(grad1, du, rows) if needs[1] else None
+        db1 = du.sum(0, dtype=sum_dtype) if needs[2] else None
+        dx = (du @ w1).view(*ctx.input_shape) if needs[0] else None
         return dx, dw1, db1, dw2, db2, None, None
 
 

@@ -137,12 +137,14 @@ def test_backend_choice_and_unchanged_state_dict():
 
 @pytest.mark.parametrize("case, message", [
     ("width", "multiples of 8"), ("strides", "transposed contiguous"), ("dtype", "share one of"),
-    ("aux", "aux must be contiguous"), ("bias", "without one"),
+    ("aux", "aux must be contiguous"), ("bias", "without one"), ("bias_strides", "bias must be contiguous"),
+    ("device", "share one device"),
 ])
 def test_gemm_epilogue_rejects_what_cublaslt_cannot_run(case, message):
     """Checked before anything reaches the GPU, so these run on CPU tensors."""
     a, b = torch.zeros(4, 16, dtype=torch.bfloat16), torch.zeros(16, 24, dtype=torch.bfloat16)
-    out, aux, bias = torch.zeros(4, 24, dtype=torch.bfloat16), torch.zeros(4, 24, dtype=torch.bfloat16), torch.zeros(24)
+    out, aux, bias = (torch.zeros(4, 24, dtype=torch.bfloat16), torch.zeros(4, 24, dtype=torch.bfloat16),
+                      torch.zeros(24, dtype=torch.bfloat16))
     if case == "width":
         b, out, aux, bias = b[:, :20].contiguous(), out[:, :20].contiguous(), aux[:, :20].contiguous(), bias[:20]
     elif case == "strides":
@@ -151,8 +153,19 @@ def test_gemm_epilogue_rejects_what_cublaslt_cannot_run(case, message):
         out = out.half()
     elif case == "aux":
         aux = torch.zeros(24, 4, dtype=torch.bfloat16).t()
+    elif case == "bias_strides":
+        bias = torch.zeros(48, dtype=torch.bfloat16)[::2]
+    elif case == "device":
+        aux = aux.to("meta")
     with pytest.raises(ValueError, match=message):
         gemm_epilogue(a, b, out, "dgelu" if case == "bias" else "gelu_aux_bias", bias, aux)
+
+
+def test_gemm_epilogue_with_no_rows_writes_nothing():
+    """Zero rows return before anything reaches cuBLASLt (these are CPU tensors)."""
+    a, b = torch.zeros(0, 16, dtype=torch.bfloat16), torch.zeros(16, 24, dtype=torch.bfloat16)
+    out, aux = torch.zeros(0, 24, dtype=torch.bfloat16), torch.zeros(0, 24, dtype=torch.bfloat16)
+    gemm_epilogue(a, b, out, "dgelu", None, aux)
 
 
 def _error(x: torch.Tensor, truth: torch.Tensor) -> float:
@@ -190,6 +203,9 @@ def test_cuda_ops_run_the_references_where_cublaslt_cannot():
                    torch.randn(d_out, device="cuda", dtype=dtype))
         for got, want in zip(torch.ops.imdm.linear_gelu(x, w, b), linear_gelu_reference(x, w, b)):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
+        dy, u = torch.randn(9, d_in, device="cuda", dtype=dtype), torch.randn(9, d_out, device="cuda", dtype=dtype)
+        torch.testing.assert_close(torch.ops.imdm.matmul_dgelu(dy, w.t().contiguous(), u),
+                                   matmul_dgelu_reference(dy, w.t().contiguous(), u), rtol=0, atol=0)
 
 
 @pytest.mark.gpu
