@@ -12,13 +12,19 @@ BACKENDS = ("auto", "triton", "eager")
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
+def kernel_chosen(backend: str, tensor: torch.Tensor) -> bool:
+    """Whether `backend` means the fused path (rather than the eager reference) for inputs living
+    where `tensor` lives."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; expected one of {BACKENDS}")
+    return backend == "triton" or (backend == "auto" and tensor.is_cuda)
+
+
 def use_triton(backend: str, tensor: torch.Tensor) -> bool:
     """Whether `backend` means the Triton kernel for inputs living where `tensor` lives. Without
     Triton installed (e.g. macOS) everything runs on the CPU references; asking for a kernel
     then fails with a message instead."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {backend!r}; expected one of {BACKENDS}")
-    chosen = backend == "triton" or (backend == "auto" and tensor.is_cuda)
+    chosen = kernel_chosen(backend, tensor)
     if chosen and not TRITON_INSTALLED:
         raise RuntimeError(f"kernel backend {backend!r} on {tensor.device.type} tensors needs Triton, which is not "
                            "installed (pip install triton; Linux), or use the eager references (backend 'eager')")

@@ -196,10 +196,9 @@ def gemm_epilogue(a: Tensor, b: Tensor, out: Tensor, epilogue: str, bias: Option
         raise ValueError(f"a, b, out, aux, bias must share one device, got {[str(t.device) for t in tensors]}")
     if m_rows == 0:
         return
-    device = a.device.index if a.device.index is not None else torch.cuda.current_device()
-    if a.device.type != "cuda" or device != torch.cuda.current_device():
-        raise ValueError(f"the operands must live on the current CUDA device ({torch.cuda.current_device()}), "
-                         f"got {a.device}")
+    if a.device.type != "cuda" or a.device.index != torch.cuda.current_device():
+        raise ValueError(f"the operands must live on the current CUDA device, got {a.device}")
+    device = a.device.index
     alignments = tuple(_alignment(t.data_ptr()) for t in (b, a, out, aux)) + (
         256 if bias is None else _alignment(bias.data_ptr()),)
     stream = torch.cuda.current_stream(device).cuda_stream

@@ -16,8 +16,9 @@ Measured: one H200 (benchmarks/gelu_mlp.py, weight gradients kept): the MLP's fo
 The two GEMMs are custom ops (kernels/cublaslt.py on CUDA, the eager references below on other
 devices); `gelu_mlp` is their autograd composition with the down-projection and the weight
 gradients (accumulated into float32 `.grad` in place, as GemmGradLinear does, when given).
-Backend "auto" uses it on CUDA tensors, "triton" everywhere (the references on CPU), "eager"
-never (autograd through nn.Linear and nn.GELU).
+The DiT chooses it with imdm.kernels.backend.kernel_chosen: backend "auto" on CUDA tensors,
+"triton" everywhere (the references on CPU), "eager" never (autograd through nn.Linear and
+nn.GELU).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from imdm.kernels.backend import BACKENDS
 from imdm.models.gemm_grad_linear import accumulate_weight_grad
+from imdm.models.layers import compute_dtype
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _CUBIC = 0.044715
@@ -113,8 +114,7 @@ class _GeluMLP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, grad1, grad2):
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        dtype = compute_dtype(x)
         rows = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
         w1, w2 = w1.to(dtype), w2.to(dtype)
         h, u = torch.ops.imdm.linear_gelu(rows, w1, b1.to(dtype))
@@ -142,10 +142,3 @@ def gelu_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, grad1: O
     """Linear(w1, b1) -> GELU(tanh) -> Linear(w2, b2) on x [..., in]. With grad1/grad2 (the weights'
     float32 `.grad`), the weight gradients are added into them in place instead of returned."""
     return _GeluMLP.apply(x, w1, b1, w2, b2, grad1, grad2)
-
-
-def use_gelu_epilogues(backend: str, tensor: Tensor) -> bool:
-    """Whether `backend` means the epilogue GEMMs for inputs living where `tensor` lives."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {backend!r}; expected one of {BACKENDS}")
-    return backend == "triton" or (backend == "auto" and tensor.is_cuda)

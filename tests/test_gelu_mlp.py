@@ -9,9 +9,9 @@ import torch.utils.checkpoint
 from torch import nn
 
 from imdm.kernels import gelu_mlp as gelu_mlp_module
+from imdm.kernels.backend import kernel_chosen
 from imdm.kernels.cublaslt import gemm_epilogue
-from imdm.kernels.gelu_mlp import (gelu_tanh_derivative, linear_gelu_reference, matmul_dgelu_reference,
-                                   use_gelu_epilogues)
+from imdm.kernels.gelu_mlp import gelu_tanh_derivative, linear_gelu_reference, matmul_dgelu_reference
 from imdm.models.dit import BlockMLP, DiTBlock, DiTConfig
 from imdm.models.gemm_grad_linear import keep_weight_grads
 
@@ -124,10 +124,10 @@ def test_block_mlp_under_fsdp2_matches_linear_gelu_linear(tmp_path, monkeypatch)
 
 
 def test_backend_choice_and_unchanged_state_dict():
-    assert not use_gelu_epilogues("auto", torch.zeros(1)) and use_gelu_epilogues("triton", torch.zeros(1))
-    assert not use_gelu_epilogues("eager", torch.zeros(1))
+    assert not kernel_chosen("auto", torch.zeros(1)) and kernel_chosen("triton", torch.zeros(1))
+    assert not kernel_chosen("eager", torch.zeros(1))
     with pytest.raises(ValueError, match="unknown kernel backend"):
-        use_gelu_epilogues("cuda", torch.zeros(1))
+        kernel_chosen("cuda", torch.zeros(1))
     mlp, _ = _twins(8, "eager")
     assert "AddmmBackward" in mlp(torch.randn(3, 8, requires_grad=True)).grad_fn.name()
     block = DiTBlock(DiTConfig(vocab_size=11, mask_id=10, d_model=16, n_blocks=1, n_heads=2))

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from imdm import rng
-from imdm.kernels.gelu_mlp import gelu_mlp, use_gelu_epilogues
+from imdm.kernels.backend import kernel_chosen
+from imdm.kernels.gelu_mlp import gelu_mlp
 from imdm.kernels.masked_loss import fused_masked_nll
 from imdm.kernels.residual_norm import residual_norm_modulate
 from imdm.models.attention import SelfAttention
 from imdm.models.gemm_grad_linear import GemmGradLinear
-from imdm.models.layers import LayerNormNoBias, TimestepEmbedder, rotary_tables
+from imdm.models.layers import LayerNormNoBias, TimestepEmbedder, compute_dtype, rotary_tables
 from imdm.models.mask_state import MaskStateConfig, MaskStateEmbedding
 from imdm.parallel.distributed import host_to_device
 
@@ -55,7 +56,7 @@ class BlockMLP(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up, _, down = self
-        if not use_gelu_epilogues(self.kernels, x):
+        if not kernel_chosen(self.kernels, x):
             return super().forward(x)
         grads = [lin.weight.grad if lin.accumulate_in_gemm and torch.is_grad_enabled() else None for lin in (up, down)]
         return gelu_mlp(x, up.weight, up.bias, down.weight, down.bias, *grads)
@@ -95,8 +96,8 @@ def add_norm_modulate(x, branch, norm: LayerNormNoBias, shift, scale, dropout: f
     """(x + gate * dropout(y), modulate(norm(that), shift, scale)) for branch = (y, gate, seed),
     the second in autocast's dtype when autocast is on (the next matmul's input)."""
     y, gate, seed = branch
-    h_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    return residual_norm_modulate(x, y, gate, seed, dropout, norm.weight, shift, scale, h_dtype, backend=kernels)
+    return residual_norm_modulate(x, y, gate, seed, dropout, norm.weight, shift, scale, compute_dtype(x),
+                                  backend=kernels)
 
 
 class OutputHead(nn.Module):

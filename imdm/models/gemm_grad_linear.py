@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imdm.models.layers import compute_dtype
+
 
 @torch.library.custom_op("imdm::accumulate_weight_grad", mutates_args=("grad",))
 def accumulate_weight_grad(grad: torch.Tensor, dy: torch.Tensor, x: torch.Tensor) -> None:
@@ -39,8 +41,7 @@ class _LinearGradIntoBuffer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, grad):
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        dtype = compute_dtype(x)
         x, weight = x.to(dtype), weight.to(dtype)
         ctx.save_for_backward(x, weight, grad)
         ctx.has_bias = bias is not None
