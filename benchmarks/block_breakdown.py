@@ -8,6 +8,7 @@ it, and against its matmuls and attention alone (the floor that elementwise fusi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import sys
@@ -23,6 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from benchmarks.gpu_timing import time_ms  # noqa: E402
 from benchmarks.results_io import write_result  # noqa: E402
 from imdm.models.dit import DiTBlock, DiTConfig  # noqa: E402
+from imdm.models.gemm_grad_linear import frozen_weight_copies, keep_weight_grads  # noqa: E402
 from imdm.models.layers import rotary_tables  # noqa: E402
 from imdm.recipe.schema import MODEL_SIZES  # noqa: E402
 
@@ -65,7 +67,7 @@ ATTENTION_BACKENDS = {"attention_cudnn": SDPBackend.CUDNN_ATTENTION, "attention_
 
 def build(variant: str, d: int, blocks: int, heads: int) -> nn.Module:
     cfg = DiTConfig(vocab_size=50258, mask_id=50257, d_model=d, n_blocks=blocks, n_heads=heads)
-    if variant in ("block", "bf16_params", "max_autotune"):
+    if variant in ("block", "bf16_params", "max_autotune", "kept_grads", "weight_copies"):
         return DiTBlock(cfg)
     if variant in ATTENTION_BACKENDS:
         return AttentionOnly(heads, ATTENTION_BACKENDS[variant])
@@ -85,7 +87,10 @@ def time_variant(variant: str, d: int, blocks: int, heads: int, batch: int, seq_
     """(ms per forward + backward, the kernel table or None). Variants beyond the model's own:
     bf16_params (bf16 matmul weights, so no per-call casts: the floor of a bf16 weight copy kept
     across micro-batches), max_autotune (Inductor's GEMM templates with fused epilogues),
-    inductor_mlp (the MLP's GELU as Inductor's kernels instead of cuBLASLt epilogues)."""
+    inductor_mlp (the MLP's GELU as Inductor's kernels instead of cuBLASLt epilogues), kept_grads
+    (weight gradients added into kept float32 `.grad`, as the trainer does on one GPU) and
+    weight_copies (that, computing with bf16 weight copies cast once before timing, as the
+    trainer does once per step)."""
     torch.manual_seed(0)
     block = build(variant, d, blocks, heads).cuda().train()
     for p in block.parameters():   # adaLN is zero-initialised: give every branch a signal
@@ -94,6 +99,11 @@ def time_variant(variant: str, d: int, blocks: int, heads: int, batch: int, seq_
         for module in block.modules():
             if isinstance(module, nn.Linear):
                 module.to(torch.bfloat16)
+    copies = contextlib.nullcontext()
+    if variant in ("kept_grads", "weight_copies"):
+        keep_weight_grads(block)
+        if variant == "weight_copies":
+            copies = frozen_weight_copies(block, torch.bfloat16)
     block.compile(fullgraph=True, mode="max-autotune-no-cudagraphs" if variant == "max_autotune" else None)
     x = torch.randn(batch, seq_len, d, device="cuda", requires_grad=True)
     c = torch.randn(batch, 128, device="cuda")
@@ -117,8 +127,9 @@ def time_variant(variant: str, d: int, blocks: int, heads: int, batch: int, seq_
         else:
             out.backward(grad.to(out.dtype))
 
-    ms = time_ms(step, iters, warmup=5)
-    return ms, kernel_table(step, iters) if profile else None
+    with copies:
+        ms = time_ms(step, iters, warmup=5)
+        return ms, kernel_table(step, iters) if profile else None
 
 
 def kernel_table(step, iters: int) -> dict:

@@ -41,11 +41,14 @@
 #      large block with and without it, end-to-end training against .whl/prev as in w, the small
 #      block, then all GPU tests
 #   q  one GPU: cuBLASLt's epilogues at the block MLP's shapes, up to 8 algorithms each
+#   m  one GPU: the GPU tests; a large block with kept weight gradients, without and with frozen bf16
+#      weight copies; end-to-end training against .whl/prev as in w; then the large model in
+#      micro-batches of 32 at the recipe's global batch
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|m|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -289,6 +292,13 @@ z)
       --batch 32 --variants block,inductor_mlp --results-dir "$OUT"
     task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
   fi
+  ;;
+m)
+  task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
+  task blocks-large-copies 100 gpu0 blocks_large_copies.log python3 benchmarks/block_breakdown.py --size large \
+    --batch 16 --variants kept_grads,weight_copies --results-dir "$OUT"
+  runs_against_prev
+  WARMUP=2 STEPS=4 task large-new-mb32-g512 160 bench new 1 large-new-mb32-g512 owt_large.toml train.micro_batch=32
   ;;
 q)
   task cublaslt-epilogues 150 gpu0 cublaslt_epilogues.log python3 benchmarks/cublaslt_epilogues.py --results-dir "$OUT"

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from imdm.models.gemm_grad_linear import accumulate_weight_grad
+from imdm.models.gemm_grad_linear import accumulate_weight_grad, weight_in
 from imdm.models.layers import compute_dtype
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -110,13 +110,14 @@ def _weight_grad(grad: Optional[Tensor], dy: Tensor, x: Tensor) -> Optional[Tens
 
 
 class _GeluMLP(torch.autograd.Function):
-    """y = (GELU_tanh(x W1^T + b1)) W2^T + b2 in autocast's dtype (x's without autocast)."""
+    """y = (GELU_tanh(x W1^T + b1)) W2^T + b2 in autocast's dtype (x's without autocast), with the
+    weights' frozen copies copy1, copy2 where given."""
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, grad1, grad2):
+    def forward(ctx, x, w1, b1, w2, b2, grad1, grad2, copy1, copy2):
         dtype = compute_dtype(x)
         rows = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
-        w1, w2 = w1.to(dtype), w2.to(dtype)
+        w1, w2 = weight_in(w1, copy1, dtype), weight_in(w2, copy2, dtype)
         h, u = torch.ops.imdm.linear_gelu(rows, w1, b1.to(dtype))
         ctx.save_for_backward(rows, u, h, w1, w2, grad1, grad2)
         ctx.input_shape = x.shape
@@ -134,11 +135,12 @@ class _GeluMLP(torch.autograd.Function):
         dw1 = _weight_grad(grad1, du, rows) if needs[1] else None
         db1 = du.sum(0, dtype=sum_dtype) if needs[2] else None
         dx = (du @ w1).view(*ctx.input_shape) if needs[0] else None
-        return dx, dw1, db1, dw2, db2, None, None
+        return dx, dw1, db1, dw2, db2, None, None, None, None
 
 
 def gelu_mlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, grad1: Optional[Tensor] = None,
-             grad2: Optional[Tensor] = None) -> Tensor:
+             grad2: Optional[Tensor] = None, copy1: Optional[Tensor] = None, copy2: Optional[Tensor] = None) -> Tensor:
     """Linear(w1, b1) -> GELU(tanh) -> Linear(w2, b2) on x [..., in]. With grad1/grad2 (the weights'
-    float32 `.grad`), the weight gradients are added into them in place instead of returned."""
-    return _GeluMLP.apply(x, w1, b1, w2, b2, grad1, grad2)
+    float32 `.grad`), the weight gradients are added into them in place instead of returned; with
+    copy1/copy2 (frozen copies of w1, w2 in the compute dtype) the matmuls use those."""
+    return _GeluMLP.apply(x, w1, b1, w2, b2, grad1, grad2, copy1, copy2)

@@ -1,13 +1,15 @@
 """GemmGradLinear: with its weight's .grad allocated, the weight gradient is accumulated into that
 very tensor by the GEMM (float32 accumulation), and everything else is nn.Linear's."""
 
+import contextlib
 import dataclasses
 
 import pytest
 import torch
 from torch import nn
 
-from imdm.models.gemm_grad_linear import GemmGradLinear, keep_weight_grads, zero_grads
+from imdm.models.dit import BlockMLP
+from imdm.models.gemm_grad_linear import GemmGradLinear, frozen_weight_copies, keep_weight_grads, zero_grads
 from imdm.parallel.distributed import init_distributed
 from imdm.train import trainer as trainer_module
 from imdm.train.trainer import Trainer
@@ -135,6 +137,80 @@ def test_trainer_on_one_rank_matches_autograd_accumulation(tmp_path, monkeypatch
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
+def _switched_on_layers(model):
+    return [m for m in model.modules() if isinstance(m, GemmGradLinear) and m.accumulate_in_gemm]
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_frozen_weight_copies_are_what_the_matmuls_use_until_dropped(compiled):
+    """Inside frozen_weight_copies the switched-on layers (plain and the fused MLP's) compute with
+    the bf16 copies cast on entry: changing the float32 weights inside changes nothing, and
+    after exit they are used again. Compiled, a second step compiles nothing new."""
+    torch.manual_seed(4)
+    model = nn.Sequential(GemmGradLinear(13, 48), BlockMLP(48, "triton"))   # "triton": the fused MLP's path
+    layers = _switched_on_layers(model) if keep_weight_grads(model) else []
+    assert len(layers) == 3
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    run = torch.compile(model, backend=counter, fullgraph=True) if compiled else model
+    x = torch.randn(2, 5, 13, requires_grad=True)
+
+    def forward_backward():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = run(x)
+        y.float().square().sum().backward()
+        return y.detach().clone()
+
+    for _ in range(2):   # two steps
+        with frozen_weight_copies(model, torch.bfloat16):
+            assert all(m.weight_copy.dtype == torch.bfloat16 and torch.equal(m.weight_copy, m.weight.bfloat16())
+                       for m in layers)
+            before = forward_backward()
+            with torch.no_grad():
+                for m in layers:
+                    m.weight.add_(0.5)
+            torch.testing.assert_close(forward_backward(), before, rtol=0, atol=0)
+        assert all(m.weight_copy is None for m in layers)
+        assert not torch.allclose(forward_backward(), before, atol=1e-2)
+    if compiled:
+        assert counter.frame_count == 2   # with copies, without
+
+
+def test_no_copies_without_autocast_or_switched_off_layers():
+    model = nn.Sequential(GemmGradLinear(4, 8), GemmGradLinear(8, 4))
+    with frozen_weight_copies(model, torch.bfloat16):
+        assert all(m.weight_copy is None for m in model)   # not switched on
+    keep_weight_grads(model)
+    with frozen_weight_copies(model, None):
+        assert all(m.weight_copy is None for m in model)   # fp32 training: nothing to cast
+
+
+def test_trainer_with_weight_copies_trains_bit_identically(tmp_path, monkeypatch):
+    """Two bf16 steps of two micro-batches with the trainer's frozen weight copies give the same
+    parameters, bit for bit, as casting every weight at every micro-batch; the copies existed."""
+    dist = init_distributed("cpu")
+
+    def recipe(name):
+        r = _recipe(tmp_path, name, steps=2)
+        return dataclasses.replace(r, train=dataclasses.replace(r.train, precision="bf16"))
+
+    entered = []
+
+    def spy(model, dtype):
+        entered.append(dtype)
+        return frozen_weight_copies(model, dtype)
+
+    monkeypatch.setattr(trainer_module, "frozen_weight_copies", spy)
+    with_copies = Trainer(recipe("copies"), dist)
+    with_copies.fit()
+    assert entered == [torch.bfloat16] * 2
+    monkeypatch.setattr(trainer_module, "frozen_weight_copies", lambda model, dtype: contextlib.nullcontext())
+    casting = Trainer(recipe("casting"), dist)
+    casting.fit()
+    a, b = _params(with_copies), _params(casting)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], _params(Trainer(recipe("init"), dist))[k]) for k in a)   # it trained
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("compiled", [False, True])
 def test_cuda_gemm_accumulates_bf16_products_in_float32(compiled):
@@ -145,3 +221,34 @@ def test_cuda_gemm_accumulates_bf16_products_in_float32(compiled):
     ours, autograd, layer, twin = _bf16_accumulation_errors("cuda", 123, 47, True, (47, 301, 1024), compiled)
     assert ours < 1e-5 and autograd > 10 * ours
     torch.testing.assert_close(layer.bias.grad, twin.bias.grad, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+def test_cuda_compiled_block_with_weight_copies_is_bit_identical():
+    """A compiled DiT block on CUDA under bf16 autocast, kept gradients, two micro-batches: with
+    frozen weight copies its outputs, input gradients and weight gradients equal those of the
+    per-call casts bit for bit."""
+    from imdm.models.dit import DiTBlock, DiTConfig
+    from imdm.models.layers import rotary_tables
+    cfg = DiTConfig(vocab_size=64, mask_id=63, d_model=144, n_blocks=1, n_heads=2)
+    torch.manual_seed(5)
+    blocks = [DiTBlock(cfg).cuda() for _ in range(2)]
+    for p in blocks[0].parameters():
+        nn.init.normal_(p, std=0.05)
+    blocks[1].load_state_dict(blocks[0].state_dict())
+    cos, sin = rotary_tables(47, 72, torch.device("cuda"))
+    inputs = [(torch.randn(3, 47, 144, device="cuda"), torch.randn(3, 128, device="cuda")) for _ in range(2)]
+    results = []
+    for block, copies in zip(blocks, (True, False)):
+        keep_weight_grads(block)
+        run = torch.compile(block, fullgraph=True)
+        outs = []
+        with frozen_weight_copies(block, torch.bfloat16 if copies else None):
+            for x, c in inputs:
+                x = x.clone().requires_grad_()
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    x_out, (branch, _, _) = run(x, c, cos, sin)
+                (x_out.square().sum() + branch.float().square().sum()).backward()
+                outs += [x_out.detach(), branch.detach(), x.grad]
+        results.append(outs + [p.grad for p in block.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))

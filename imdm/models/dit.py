@@ -48,7 +48,8 @@ class DiTConfig:
 class BlockMLP(nn.Sequential):
     """Linear(d, 4d) -> GELU(tanh) -> Linear(4d, d) (nn.Sequential's children and state dict);
     with kernels other than eager (auto: on CUDA) it runs as imdm.kernels.gelu_mlp, GELU inside
-    the matmuls' epilogues, adding the weight gradients into switched-on GemmGradLinear's `.grad`."""
+    the matmuls' epilogues, adding the weight gradients into switched-on GemmGradLinear's `.grad`
+    (and computing with their frozen weight copies, if any)."""
 
     def __init__(self, d: int, kernels: str):
         super().__init__(GemmGradLinear(d, 4 * d), nn.GELU(approximate="tanh"), GemmGradLinear(4 * d, d))
@@ -58,8 +59,10 @@ class BlockMLP(nn.Sequential):
         up, _, down = self
         if not kernel_chosen(self.kernels, x):
             return super().forward(x)
-        grads = [lin.weight.grad if lin.accumulate_in_gemm and torch.is_grad_enabled() else None for lin in (up, down)]
-        return gelu_mlp(x, up.weight, up.bias, down.weight, down.bias, *grads)
+        kept = [lin.accumulate_in_gemm and torch.is_grad_enabled() for lin in (up, down)]
+        grads = [lin.weight.grad if k else None for lin, k in zip((up, down), kept)]
+        copies = [lin.weight_copy if k else None for lin, k in zip((up, down), kept)]
+        return gelu_mlp(x, up.weight, up.bias, down.weight, down.bias, *grads, *copies)
 
 
 class DiTBlock(nn.Module):

@@ -9,9 +9,16 @@ Here one GEMM reads and writes `.grad` in place with float32 accumulation
 an unsharded model (FSDP2 owns the gradients of a sharded one). Measured on one H200
 (benchmarks/wgrad_accumulation.py; train_throughput, 7fd9ec3 against dbc7ebb): 1.198 against
 1.339 ms per large block and micro-batch, end to end +1.0-1.4% (large) and +0.7% (small).
+
+The same switched-on layers also compute with one copy of their weight in the compute dtype
+while `frozen_weight_copies` is open (the trainer opens it around a step's micro-batches, while
+no weight changes): one cast per weight and step instead of one per weight and micro-batch.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,15 +41,21 @@ def _(grad, dy, x):
     return None
 
 
+def weight_in(weight: torch.Tensor, copy: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """`weight` in `dtype`: its frozen copy when that has `dtype`, else cast now."""
+    return copy if copy is not None and copy.dtype == dtype else weight.to(dtype)
+
+
 class _LinearGradIntoBuffer(torch.autograd.Function):
     """y = x W^T + b in autocast's dtype (or x's without autocast); backward adds dW into `grad`
     and returns none for W, which still comes in as an input so that the node is recorded when
-    nothing else needs a gradient (a first layer without bias)."""
+    nothing else needs a gradient (a first layer without bias). `weight_copy` is W's frozen copy
+    (or None)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, grad):
+    def forward(ctx, x, weight, bias, grad, weight_copy):
         dtype = compute_dtype(x)
-        x, weight = x.to(dtype), weight.to(dtype)
+        x, weight = x.to(dtype), weight_in(weight, weight_copy, dtype)
         ctx.save_for_backward(x, weight, grad)
         ctx.has_bias = bias is not None
         return F.linear(x, weight, None if bias is None else bias.to(dtype))
@@ -54,19 +67,21 @@ class _LinearGradIntoBuffer(torch.autograd.Function):
         torch.ops.imdm.accumulate_weight_grad(grad, rows, x.reshape(-1, x.shape[-1]))
         grad_bias = rows.sum(0, dtype=torch.float32) if ctx.has_bias else None
         grad_x = (rows @ weight).view(*dy.shape[:-1], weight.shape[1]) if ctx.needs_input_grad[0] else None
-        return grad_x, None, grad_bias, None   # both products read `rows`: Inductor writes it once
+        return grad_x, None, grad_bias, None, None   # both products read `rows`: Inductor writes it once
 
 
 class GemmGradLinear(nn.Linear):
     """nn.Linear (same parameters, same state dict) that, switched on and with its weight's
-    `.grad` allocated, accumulates the weight gradient inside the GEMM; otherwise nn.Linear."""
+    `.grad` allocated, accumulates the weight gradient inside the GEMM (computing with
+    `weight_copy` while frozen_weight_copies provides one); otherwise nn.Linear."""
 
     accumulate_in_gemm = False
+    weight_copy: Optional[torch.Tensor] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grad = self.weight.grad
         if self.accumulate_in_gemm and grad is not None and torch.is_grad_enabled():
-            return _LinearGradIntoBuffer.apply(x, self.weight, self.bias, grad)
+            return _LinearGradIntoBuffer.apply(x, self.weight, self.bias, grad, self.weight_copy)
         return super().forward(x)
 
 
@@ -92,3 +107,19 @@ def zero_grads(parameters, kept: list[nn.Parameter]) -> None:
             p.grad.zero_()
         else:
             p.grad = None
+
+
+@contextlib.contextmanager
+def frozen_weight_copies(model: nn.Module, dtype: Optional[torch.dtype]) -> Iterator[None]:
+    """Within: every switched-on GemmGradLinear of `model` computes with a copy of its weight in
+    `dtype` (the autocast dtype), cast once on entry and dropped on exit. The weights must not
+    change inside (the trainer holds it over one step's micro-batches, before the optimizer step).
+    No copies for dtype None (no autocast)."""
+    layers = [m for m in model.modules() if isinstance(m, GemmGradLinear) and m.accumulate_in_gemm] if dtype else []
+    for layer in layers:
+        layer.weight_copy = layer.weight.detach().to(dtype)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.weight_copy = None

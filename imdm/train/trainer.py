@@ -28,7 +28,7 @@ from imdm.build import (build_algorithm, build_dataset, build_distillation, buil
 from imdm.data.loader import make_loader
 from imdm.data.order import GlobalBatchOrder
 from imdm.eval.perplexity import nelbo_per_token
-from imdm.models.gemm_grad_linear import keep_weight_grads, zero_grads
+from imdm.models.gemm_grad_linear import frozen_weight_copies, keep_weight_grads, zero_grads
 from imdm.parallel.grad_norm import clip_grad_norm
 from imdm.parallel.distributed import DistInfo, all_reduce_max, all_reduce_sum, checkpoint_group, host_to_device
 from imdm.parallel.fsdp import reshard_all
@@ -218,18 +218,19 @@ class Trainer:
             count = max(local_count, 1.0)
         total = torch.zeros((), device=self.device)
         sharded = hasattr(self.model, "set_requires_gradient_sync")
-        for i, batch in enumerate(batches):
-            if sharded:   # reduce gradients and reshard parameters once per step, after the last micro-batch
-                last = i == len(batches) - 1
-                self.model.set_requires_gradient_sync(last)
-                self.model.set_reshard_after_backward(last)
-            x0 = batch["tokens"].to(self.device, non_blocking=True)
-            self._seed_dropout(int(batch["global_index"][0]))
-            with self._autocast():
-                loss_sum = self.algorithm.loss(self.model, x0, batch["global_index"], r.train.global_batch,
-                                               self.step, valid=batch["valid"], **batch.get("extras", {}))
-            (loss_sum * (self.dist.world_size / count)).backward()   # FSDP averages over ranks
-            total += loss_sum.detach()
+        with frozen_weight_copies(self.model, self.amp_dtype):   # the kept-gradient layers' weights, cast once
+            for i, batch in enumerate(batches):
+                if sharded:   # reduce gradients and reshard parameters once per step, after the last micro-batch
+                    last = i == len(batches) - 1
+                    self.model.set_requires_gradient_sync(last)
+                    self.model.set_reshard_after_backward(last)
+                x0 = batch["tokens"].to(self.device, non_blocking=True)
+                self._seed_dropout(int(batch["global_index"][0]))
+                with self._autocast():
+                    loss_sum = self.algorithm.loss(self.model, x0, batch["global_index"], r.train.global_batch,
+                                                   self.step, valid=batch["valid"], **batch.get("extras", {}))
+                (loss_sum * (self.dist.world_size / count)).backward()   # FSDP averages over ranks
+                total += loss_sum.detach()
         self.staging_wait_s = self.checkpoints.wait_for_staging()   # a save's copy is off the state
         self.settle()   # the previous step's report: queued a whole step ago, so this rarely waits
         clip = r.optimizer.grad_clip
