@@ -44,11 +44,13 @@
 #   m  one GPU: the GPU tests; a large block with kept weight gradients, without and with frozen bf16
 #      weight copies; end-to-end training against .whl/prev as in w; then the large model in
 #      micro-batches of 32 at the recipe's global batch
+#   n  one GPU: the large model at the recipe's global batch in micro-batches of 16 and 32, the 32 also
+#      with the allocator capped at 78.5 GiB (an 80 GB H100's memory less its CUDA context)
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|m|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|m|n|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -299,6 +301,12 @@ m)
     --batch 16 --variants kept_grads,weight_copies --results-dir "$OUT"
   runs_against_prev
   WARMUP=2 STEPS=4 task large-new-mb32-g512 160 bench new 1 large-new-mb32-g512 owt_large.toml train.micro_batch=32
+  ;;
+n)
+  WARMUP=2 STEPS=4 task large-g512 160 bench new 1 large-g512 owt_large.toml
+  WARMUP=2 STEPS=4 task large-mb32-g512-cap 160 bench new 1 large-mb32-g512-cap78.5 owt_large.toml \
+    --memory-cap-gib 78.5 train.micro_batch=32
+  WARMUP=2 STEPS=4 task large-mb32-g512 160 bench new 1 large-mb32-g512 owt_large.toml train.micro_batch=32
   ;;
 q)
   task cublaslt-epilogues 150 gpu0 cublaslt_epilogues.log python3 benchmarks/cublaslt_epilogues.py --results-dir "$OUT"

@@ -63,14 +63,21 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="after timing, profile this many steps; rank 0 prints the op table and stores it with the results")
     parser.add_argument("--trace", default=None, help="with --profile: rank 0 also writes a Chrome trace here")
+    parser.add_argument("--memory-cap-gib", type=float, default=None,
+                        help="cap PyTorch's CUDA allocator at this many GiB (a smaller card's memory, emulated)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     scratch = tempfile.mkdtemp(prefix="imdm-bench-run-")
     recipe = load_recipe(args.recipe, [*args.overrides, f"run.output_dir={scratch}", "checkpoint.async_save=true",
                                        "logging.progress=false"], world_size=launcher_world_size())
     dist = init_distributed(recipe.train.device)
-    trainer = Trainer(recipe, dist)
     device = dist.device
+    if args.memory_cap_gib is not None:
+        if device.type != "cuda":
+            raise SystemExit("--memory-cap-gib caps the CUDA allocator: it needs a CUDA device")
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2 ** 30 / total), device)
+    trainer = Trainer(recipe, dist)
     for _ in range(args.warmup):
         trainer.train_step()
     _sync(device)
@@ -88,6 +95,7 @@ def main() -> None:
     peak = device_peak_flops(device)
     metrics = {"tokens_per_s_per_gpu": tokens_per_s, "mfu": tokens_per_s * flops / peak if peak else None,
                "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None,
+               "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2 ** 30 if device.type == "cuda" else None,
                "data_wait_share": waited / seconds, "step_s": seconds / args.steps, "final_loss": float(loss),
                "flops_per_token": flops}
     if args.checkpoint_stall:
@@ -109,7 +117,7 @@ def main() -> None:
               "activation_checkpointing": recipe.parallelism.activation_checkpointing,
               "replicate": recipe.parallelism.replicate, "data_source": recipe.data.source,
               "num_workers": recipe.data.num_workers, "dims": [d, b, h], "label": args.label,
-              "overrides": args.overrides, "timed_steps": args.steps,
+              "overrides": args.overrides, "timed_steps": args.steps, "memory_cap_gib": args.memory_cap_gib,
               "inductor_env": {k: v for k, v in os.environ.items() if k.startswith("TORCHINDUCTOR_")}}
     if args.profile:
         metrics["profile_table"] = _profile(trainer, args.profile, dist.is_main, args.trace)
