@@ -148,7 +148,8 @@ def test_frozen_weight_copies_are_what_the_matmuls_use_until_dropped(compiled):
     after exit they are used again. Compiled, a second step compiles nothing new."""
     torch.manual_seed(4)
     model = nn.Sequential(GemmGradLinear(13, 48), BlockMLP(48, "triton"))   # "triton": the fused MLP's path
-    layers = _switched_on_layers(model) if keep_weight_grads(model) else []
+    keep_weight_grads(model)
+    layers = _switched_on_layers(model)
     assert len(layers) == 3
     counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
     run = torch.compile(model, backend=counter, fullgraph=True) if compiled else model
@@ -224,10 +225,12 @@ def test_cuda_gemm_accumulates_bf16_products_in_float32(compiled):
 
 
 @pytest.mark.gpu
-def test_cuda_compiled_block_with_weight_copies_is_bit_identical():
+def test_cuda_compiled_block_with_weight_copies_matches_per_call_casts():
     """A compiled DiT block on CUDA under bf16 autocast, kept gradients, two micro-batches: with
-    frozen weight copies its outputs, input gradients and weight gradients equal those of the
-    per-call casts bit for bit."""
+    frozen weight copies its outputs, input gradients and matmul weight gradients equal those of
+    the per-call casts bit for bit. The other parameter gradients are sums over rows that
+    Inductor may order differently in the two graphs (an H200 showed the LayerNorm weights' off
+    by 1e-7 of their largest entry): equal to float32 rounding."""
     from imdm.models.dit import DiTBlock, DiTConfig
     from imdm.models.layers import rotary_tables
     cfg = DiTConfig(vocab_size=64, mask_id=63, d_model=144, n_blocks=1, n_heads=2)
@@ -238,9 +241,11 @@ def test_cuda_compiled_block_with_weight_copies_is_bit_identical():
     blocks[1].load_state_dict(blocks[0].state_dict())
     cos, sin = rotary_tables(47, 72, torch.device("cuda"))
     inputs = [(torch.randn(3, 47, 144, device="cuda"), torch.randn(3, 128, device="cuda")) for _ in range(2)]
-    results = []
+    exact, grads = [], []
     for block, copies in zip(blocks, (True, False)):
         keep_weight_grads(block)
+        matmul_weights = [m.weight for m in _switched_on_layers(block)]
+        assert len(matmul_weights) == 4
         run = torch.compile(block, fullgraph=True)
         outs = []
         with frozen_weight_copies(block, torch.bfloat16 if copies else None):
@@ -250,5 +255,8 @@ def test_cuda_compiled_block_with_weight_copies_is_bit_identical():
                     x_out, (branch, _, _) = run(x, c, cos, sin)
                 (x_out.square().sum() + branch.float().square().sum()).backward()
                 outs += [x_out.detach(), branch.detach(), x.grad]
-        results.append(outs + [p.grad for p in block.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*results))
+        exact.append(outs + [w.grad for w in matmul_weights])
+        grads.append([p.grad for p in block.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*exact))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())

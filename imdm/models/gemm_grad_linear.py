@@ -12,7 +12,9 @@ an unsharded model (FSDP2 owns the gradients of a sharded one). Measured on one 
 
 The same switched-on layers also compute with one copy of their weight in the compute dtype
 while `frozen_weight_copies` is open (the trainer opens it around a step's micro-batches, while
-no weight changes): one cast per weight and step instead of one per weight and micro-batch.
+no weight changes): one cast per weight and step instead of one per weight and micro-batch. On
+one H200 a large block took 5.869 against 5.906 ms per micro-batch; training +0.4-0.5% (1666d1a
+against 2dd6eca), inside the run-to-run spread.
 """
 
 from __future__ import annotations
