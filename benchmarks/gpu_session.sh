@@ -10,7 +10,8 @@
 #   k  one GPU: the GPU tests, the kernel and sampling-latency benchmarks (issue 5)
 #   b  quiet machine: end-to-end training on one GPU, kernels wheel against the pre-kernel wheel,
 #      small (with the asynchronous-checkpoint stall) and large (issues 4 and 5; the new wheel's
-#      large also at the recipe's global batch of 512), then the small model in micro-batches of 64
+#      large also at the recipe's global batch of 512, in its micro-batches of 32 and in 16), then
+#      the small model in micro-batches of 64
 #   h  one H100: the new-wheel runs of b first, then k, then b's baselines (most needed first),
 #      then the small model with micro-batch 64
 #   c  FSDP over 4 GPUs, small (micro-batch 32 and 64) and large (also the pre-kernel wheel, which
@@ -119,6 +120,8 @@ new_wheel_runs() {  # one GPU, the code under test
   task small-kernels 170 bench new 1 small-kernels owt.toml --checkpoint-stall train.global_batch=128 train.micro_batch=32
   task large-kernels 160 bench new 1 large-kernels owt_large.toml train.global_batch=64 train.micro_batch=16
   WARMUP=2 STEPS=4 task large-kernels-g512 160 bench new 1 large-kernels-g512 owt_large.toml   # the recipe's batch
+  WARMUP=2 STEPS=4 task large-kernels-g512-mb16 160 bench new 1 large-kernels-g512-mb16 owt_large.toml \
+    train.micro_batch=16   # the recipe's micro-batch before the 11th session
 }
 baseline_runs() {  # one GPU, the pre-kernel wheel
   task small-baseline 150 bench base 1 small-baseline owt.toml train.global_batch=128 train.micro_batch=32
@@ -303,7 +306,7 @@ m)
   WARMUP=2 STEPS=4 task large-new-mb32-g512 160 bench new 1 large-new-mb32-g512 owt_large.toml train.micro_batch=32
   ;;
 n)
-  WARMUP=2 STEPS=4 task large-g512 160 bench new 1 large-g512 owt_large.toml
+  WARMUP=2 STEPS=4 task large-g512 160 bench new 1 large-g512 owt_large.toml train.micro_batch=16
   WARMUP=2 STEPS=4 task large-mb32-g512-cap 160 bench new 1 large-mb32-g512-cap78.5 owt_large.toml \
     --memory-cap-gib 78.5 train.micro_batch=32
   WARMUP=2 STEPS=4 task large-mb32-g512 160 bench new 1 large-mb32-g512 owt_large.toml train.micro_batch=32

@@ -278,7 +278,8 @@ class Recipe:
                             f"data-parallel size {dp}")
         if self.train.global_batch % (self.train.micro_batch * dp) != 0:
             problems.append(f"train.global_batch: {self.train.global_batch} is not divisible by "
-                            f"train.micro_batch ({self.train.micro_batch}) x data-parallel size ({dp})")
+                            f"train.micro_batch ({self.train.micro_batch}) x data-parallel size ({dp})"
+                            + _micro_batch_hint(self.train.global_batch, self.train.micro_batch, dp))
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in self.sampling.steps):
             problems.append(f"sampling.steps: every entry must be an integer >= 1, got {self.sampling.steps}")
         if self.sampling.prefix_len >= self.data.seq_len:
@@ -345,3 +346,12 @@ class Recipe:
         if self.eval.sets and d.source == "synthetic":
             problems.append("eval.sets: zero-shot text sets need a text model, not the synthetic source")
         return problems
+
+
+def _micro_batch_hint(global_batch: int, micro_batch: int, dp: int) -> str:
+    """What would fit: the largest micro-batch below `micro_batch` that divides each rank's share."""
+    if global_batch % dp:
+        return "; the global batch must be a multiple of the data-parallel size"
+    per_rank = global_batch // dp
+    fits = max(m for m in range(1, min(micro_batch, per_rank) + 1) if per_rank % m == 0)
+    return f"; each rank gets {per_rank} sequences per step: train.micro_batch={fits} fits"
