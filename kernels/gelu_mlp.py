@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from imdm.models.gemm_grad_linear import accumulate_weight_grad, weight_in
+from imdm.models.gemm_grad_linear import accumulate_weight_grad, matmul_weight
 from imdm.models.layers import compute_dtype
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -117,7 +117,7 @@ class _GeluMLP(torch.autograd.Function):
     def forward(ctx, x, w1, b1, w2, b2, grad1, grad2, copy1, copy2):
         dtype = compute_dtype(x)
         rows = x.reshape(-1, x.shape[-1]).to(dtype).contiguous()
-        w1, w2 = weight_in(w1, copy1, dtype), weight_in(w2, copy2, dtype)
+        w1, w2 = matmul_weight(w1, copy1, dtype), matmul_weight(w2, copy2, dtype)
         h, u = torch.ops.imdm.linear_gelu(rows, w1, b1.to(dtype))
         ctx.save_for_backward(rows, u, h, w1, w2, grad1, grad2)
         ctx.input_shape = x.shape

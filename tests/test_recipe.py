@@ -66,9 +66,9 @@ def test_data_parallel_layout_checked_against_world_size():
     recipe_from_dict(table, world_size=4)
     assert "data-parallel size (8)" in _problems(table, world_size=8)
     assert "launcher started 2 ranks" in _problems({**table, "parallelism": {"data_parallel": 4}}, world_size=2)
-    assert "each rank gets 8 sequences per step: train.micro_batch=8 fits" in _problems(table, world_size=8)
+    assert "each rank's share is 8 per step, which train.micro_batch=8 divides" in _problems(table, world_size=8)
     wide = {"train": {"global_batch": 96, "micro_batch": 16}}
-    assert "each rank gets 12 sequences per step: train.micro_batch=12 fits" in _problems(wide, world_size=8)
+    assert "each rank's share is 12 per step, which train.micro_batch=12 divides" in _problems(wide, world_size=8)
     assert "must be a multiple of the data-parallel size" in _problems(wide, world_size=5)
 
 

@@ -349,9 +349,9 @@ class Recipe:
 
 
 def _micro_batch_hint(global_batch: int, micro_batch: int, dp: int) -> str:
-    """What would fit: the largest micro-batch below `micro_batch` that divides each rank's share."""
+    """The largest micro-batch up to `micro_batch` that divides each rank's share of the batch."""
     if global_batch % dp:
         return "; the global batch must be a multiple of the data-parallel size"
     per_rank = global_batch // dp
-    fits = max(m for m in range(1, min(micro_batch, per_rank) + 1) if per_rank % m == 0)
-    return f"; each rank gets {per_rank} sequences per step: train.micro_batch={fits} fits"
+    divisor = max(m for m in range(1, min(micro_batch, per_rank) + 1) if per_rank % m == 0)
+    return f"; each rank's share is {per_rank} per step, which train.micro_batch={divisor} divides"
