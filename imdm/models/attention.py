@@ -47,6 +47,7 @@ class SelfAttention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim) if qk_norm else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [B, L, d] -> [B, L, d]; cos, sin [L, head_dim] rotary tables (imdm.models.layers.rotary_tables)."""
         b, l, d = x.shape
         q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         if self.q_norm is not None:
