@@ -235,32 +235,11 @@ def test_cuda_compiled_block_with_weight_copies_matches_per_call_casts():
     guaranteed). The other parameter gradients are sums over rows that Inductor ordered
     differently in the two graphs (the LayerNorm weights', off by 1e-7 of their largest entry,
     benchmarks/weight_copies_identity.py): equal to float32 rounding."""
-    from imdm.models.dit import DiTBlock, DiTConfig
-    from imdm.models.layers import rotary_tables
-    cfg = DiTConfig(vocab_size=64, mask_id=63, d_model=144, n_blocks=1, n_heads=2)
-    torch.manual_seed(5)
-    blocks = [DiTBlock(cfg).cuda() for _ in range(2)]
-    for p in blocks[0].parameters():
-        nn.init.normal_(p, std=0.05)
-    blocks[1].load_state_dict(blocks[0].state_dict())
-    cos, sin = rotary_tables(47, 72, torch.device("cuda"))
-    inputs = [(torch.randn(3, 47, 144, device="cuda"), torch.randn(3, 128, device="cuda")) for _ in range(2)]
-    exact, grads = [], []
-    for block, copies in zip(blocks, (True, False)):
-        keep_weight_grads(block)
-        matmul_weights = [m.weight for m in switched_on_layers(block)]
-        assert len(matmul_weights) == 4
-        run = torch.compile(block, fullgraph=True)
-        outs = []
-        with frozen_weight_copies(block, torch.bfloat16 if copies else None):
-            for x, c in inputs:
-                x = x.clone().requires_grad_()
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    x_out, (branch, _, _) = run(x, c, cos, sin)
-                (x_out.square().sum() + branch.float().square().sum()).backward()
-                outs += [x_out.detach(), branch.detach(), x.grad]
-        exact.append(outs + [w.grad for w in matmul_weights])
-        grads.append([p.grad for p in block.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*exact))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
+    from benchmarks.weight_copies_identity import block_case, run_block
+    state, inputs = block_case("cuda")
+    copies, casts = (run_block(state, inputs, c, compiled=True) for c in (True, False))
+    matmuls = {f"grad {n}.weight" for n in ("attn.qkv", "attn.out", "mlp.0", "mlp.2")}
+    exact = [k for k in casts if not k.startswith("grad ") or k in matmuls]
+    assert len(exact) == 6 + 4 and all(torch.equal(copies[k], casts[k]) for k in exact)
+    for k in casts.keys() - set(exact):
+        torch.testing.assert_close(copies[k], casts[k], rtol=1e-5, atol=1e-6 * casts[k].abs().max().item())

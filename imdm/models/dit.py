@@ -59,10 +59,8 @@ class BlockMLP(nn.Sequential):
         up, _, down = self
         if not kernel_chosen(self.kernels, x):
             return super().forward(x)
-        kept = [lin.accumulate_in_gemm and torch.is_grad_enabled() for lin in (up, down)]
-        grads = [lin.weight.grad if k else None for lin, k in zip((up, down), kept)]
-        copies = [lin.weight_copy if k else None for lin, k in zip((up, down), kept)]
-        return gelu_mlp(x, up.weight, up.bias, down.weight, down.bias, *grads, *copies)
+        return gelu_mlp(x, up.weight, up.bias, down.weight, down.bias, up.kept_grad(), down.kept_grad(),
+                        up.weight_copy, down.weight_copy)
 
 
 class DiTBlock(nn.Module):

@@ -80,9 +80,14 @@ class GemmGradLinear(nn.Linear):
     accumulate_in_gemm = False
     weight_copy: Optional[torch.Tensor] = None
 
+    def kept_grad(self) -> Optional[torch.Tensor]:
+        """The float32 `.grad` this call adds its weight gradient into, or None (autograd's path):
+        switched on, `.grad` allocated and gradients enabled."""
+        return self.weight.grad if self.accumulate_in_gemm and torch.is_grad_enabled() else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grad = self.weight.grad
-        if self.accumulate_in_gemm and grad is not None and torch.is_grad_enabled():
+        grad = self.kept_grad()
+        if grad is not None:
             return _LinearGradIntoBuffer.apply(x, self.weight, self.bias, grad, self.weight_copy)
         return super().forward(x)
 
