@@ -47,11 +47,15 @@
 #      micro-batches of 32 at the recipe's global batch
 #   n  one GPU: the large model at the recipe's global batch in micro-batches of 16 and 32, the 32 also
 #      with the allocator capped at 78.5 GiB (an 80 GB H100's memory less its CUDA context)
+#   o  one GPU: where the large model's step goes at the recipe's micro-batch (a profiled step of 4
+#      micro-batches, its trace summarised by benchmarks/trace_summary.py, the trace itself kept
+#      gzipped beside the archive if under 15 MiB), one large block's kernels at that micro-batch, and
+#      benchmarks/weight_copies_identity.py
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|m|n|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|m|n|o|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -311,6 +315,14 @@ n)
     --memory-cap-gib 78.5 train.micro_batch=32
   WARMUP=2 STEPS=4 task large-mb32-g512 160 bench new 1 large-mb32-g512 owt_large.toml train.micro_batch=32
   ;;
+o)
+  mkdir -p /tmp/traces
+  task prof-large-mb32 200 bench new 1 large-mb32-profile owt_large.toml --profile 1 --trace /tmp/traces/large_mb32.json \
+    train.global_batch=128
+  task blocks-large-mb32 100 gpu0 blocks_large_mb32.log python3 benchmarks/block_breakdown.py --size large --batch 32 \
+    --variants block --profile --results-dir "$OUT"
+  task copies-identity 60 gpu0 copies_identity.log python3 benchmarks/weight_copies_identity.py --results-dir "$OUT"
+  ;;
 q)
   task cublaslt-epilogues 150 gpu0 cublaslt_epilogues.log python3 benchmarks/cublaslt_epilogues.py --results-dir "$OUT"
   ;;
@@ -340,3 +352,7 @@ for f in sorted(glob.glob(os.environ["OUT"] + "/*/*.json")):
                                if not isinstance(v, (dict, list))})
 PY
 cd "$OUT" && tar czf /tmp/$PHASE.tgz --exclude="$PHASE.tgz" . && find . -mindepth 1 -delete && mv /tmp/$PHASE.tgz .
+for t in /tmp/traces/*.json; do   # traces (phase o) come back beside the archive, gzipped, if small enough
+  [ -e "$t" ] || continue
+  gzip -f "$t" && [ "$(stat -c %s "$t.gz")" -lt $((15 << 20)) ] && cp "$t.gz" "$OUT/" || echo "$t.gz: not kept"
+done

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from benchmarks.results_io import write_result  # noqa: E402
+from benchmarks.trace_summary import format_summary, load_trace, summarize  # noqa: E402
 from imdm.build import build_model  # noqa: E402
 from imdm.parallel.distributed import init_distributed, launcher_world_size, shutdown  # noqa: E402
 from imdm.recipe.loader import load_recipe  # noqa: E402
@@ -62,7 +63,8 @@ def main() -> None:
     parser.add_argument("--results-dir", default=None)
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="after timing, profile this many steps; rank 0 prints the op table and stores it with the results")
-    parser.add_argument("--trace", default=None, help="with --profile: rank 0 also writes a Chrome trace here")
+    parser.add_argument("--trace", default=None, help="with --profile: rank 0 also writes a Chrome trace here, "
+                        "and on a GPU stores where its time goes (benchmarks/trace_summary.py) with the results")
     parser.add_argument("--memory-cap-gib", type=float, default=None,
                         help="cap PyTorch's CUDA allocator at this many GiB (a smaller card's memory, emulated)")
     parser.add_argument("overrides", nargs="*")
@@ -121,6 +123,10 @@ def main() -> None:
               "inductor_env": {k: v for k, v in os.environ.items() if k.startswith("TORCHINDUCTOR_")}}
     if args.profile:
         metrics["profile_table"] = _profile(trainer, args.profile, dist.is_main, args.trace)
+        if args.trace and dist.is_main and device.type == "cuda":
+            summary = summarize(load_trace(args.trace))
+            print(format_summary(summary))
+            metrics["trace_summary"] = summary
     if dist.is_main:
         path = write_result("train_throughput", args.recipe, config, metrics, world_size=dist.world_size,
                             out_dir=args.results_dir)
