@@ -16,7 +16,8 @@ Measured (benchmarks/kernel_masked_loss.py, one H100, d 768, N = 16384, V 50258,
 Per chunk of rows: cuBLAS computes the chunk's logits in the input dtype; a row kernel takes a
 float32 online logsumexp, writes the row's weighted loss and overwrites the logits in place with
 their weighted gradient; two matmuls and a column sum turn that into the chunk's share of grad h,
-grad W (float32 accumulator) and grad b. Gradients are thus computed in the forward (Liger-Kernel's
+grad W (added into a float32 accumulator by the GEMM itself, as GemmGradLinear's weight gradients
+are) and grad b. Gradients are thus computed in the forward (Liger-Kernel's
 scheme) and the backward only scales them by the incoming gradient; no logits outlive a chunk.
 Row kernels: Triton (masked_loss_triton.py; on CPU through TRITON_INTERPRET=1) or the eager
 PyTorch references below. backend "auto" = Triton on CUDA tensors, eager otherwise.
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from imdm.kernels.backend import use_triton as wants_triton   # `use_triton` is an op argument here
+from imdm.models.gemm_grad_linear import accumulate_weight_grad
 
 CHUNK_BYTES = 1 << 30   # logits buffers of one chunk: 8192 rows of bf16 GPT-2 logits for the NLL
 DIVERGENCES = ("kl_bwd", "kl_fwd")
@@ -110,10 +112,7 @@ def _chunked_head_loss(h: Tensor, weight: Tensor, bias: Tensor, with_grad: bool,
             losses[start:end] = row_loss(logits, slice(start, end), t_logits)
         if with_grad:
             torch.mm(logits, w, out=grad_h[start:end])
-            if dtype == torch.float32:
-                grad_w.addmm_(logits.t(), h_c)
-            else:   # each chunk's product is rounded to bf16/fp16 once (no mixed-dtype mm in torch 2.8)
-                grad_w.add_(logits.t() @ h_c)
+            accumulate_weight_grad(grad_w, logits, h_c)   # float32 accumulation inside the GEMM on CUDA
             grad_b.add_(logits.sum(0, dtype=torch.float32))
     return losses.sum(), grad_h, grad_w.to(weight.dtype), grad_b.to(bias.dtype)
 

@@ -99,6 +99,25 @@ def test_several_chunks_match_one(backend, monkeypatch):
     _assert_all_close(_value_and_grads(fused_masked_nll(*args), (h, w, b)), one)
 
 
+def test_bf16_weight_gradient_is_summed_over_chunks_in_float32(monkeypatch):
+    """With bf16 rows and a float32 head (autocast's case), each chunk's weight-gradient product is
+    added into the float32 gradient unrounded: the float64 sum of the chunks' bf16 logit
+    gradients times their rows, to float32 rounding (a bf16-rounded product per chunk is ~1e-3 off)."""
+    rows, d, vocab, pad, mask_id = SHAPES["small"]
+    h, w, b, targets, weights = _problem(*SHAPES["small"], seed=4)
+    h16 = h.detach().bfloat16().requires_grad_()
+    monkeypatch.setattr(masked_loss, "CHUNK_BYTES", 10 * w.shape[0] * 2)   # 10 bf16 rows a chunk: 5 chunks
+    grad_w, = torch.autograd.grad(fused_masked_nll(h16, w, b, targets, weights, mask_id, vocab, "eager"), (w,))
+    want = torch.zeros(w.shape, dtype=torch.float64, device=DEVICE)
+    for start in range(0, rows, 10):
+        h_c = h16.detach()[start:start + 10]
+        logits = torch.addmm(b.detach().bfloat16(), h_c, w.detach().bfloat16().t())
+        masked_loss.nll_rows_eager(logits, targets[start:start + 10], weights[start:start + 10], mask_id, vocab, True)
+        want += logits.double().t() @ h_c.double()
+    assert grad_w.dtype == torch.float32
+    torch.testing.assert_close(grad_w.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_rows_give_zero_loss_and_zero_grads(backend):
     h, w, b, targets, weights = _problem(0, 16, 97, 8, 13)
