@@ -62,6 +62,7 @@ def _bf16_accumulation_errors(device: str, n_in: int, n_out: int, bias: bool, ro
     keep_weight_grads(layer)
     run = torch.compile(layer, fullgraph=True) if compiled else layer
     truth = torch.zeros(n_out, n_in, dtype=torch.float64, device=device)
+    bias_truth = torch.zeros(n_out, dtype=torch.float64, device=device)
     for rows in row_counts:
         x = torch.randn(rows, n_in, device=device).bfloat16().float()
         dy = torch.randn(rows, n_out, device=device).bfloat16()
@@ -70,16 +71,17 @@ def _bf16_accumulation_errors(device: str, n_in: int, n_out: int, bias: bool, ro
         y.backward(dy)
         y_twin.backward(dy)
         truth += dy.double().t() @ x.double()
+        bias_truth += dy.double().sum(0)
     scale = truth.abs().max()
     errors = [((lin.weight.grad.double() - truth).abs().max() / scale).item() for lin in (layer, twin)]
-    return errors[0], errors[1], layer, twin
+    return errors[0], errors[1], layer, twin, bias_truth
 
 
 def test_bf16_products_are_accumulated_in_float32():
     """Under bf16 autocast nn.Linear rounds each micro-batch's weight-gradient product to bf16;
     GemmGradLinear's sum equals the float64 sum of the bf16 operands' products to float32 precision."""
     torch.manual_seed(1)
-    ours, autograd, _, _ = _bf16_accumulation_errors("cpu", 64, 32, False, (96,) * 4, compiled=False)
+    ours, autograd, *_ = _bf16_accumulation_errors("cpu", 64, 32, False, (96,) * 4, compiled=False)
     assert ours < 1e-6 < 1e-4 < autograd
 
 
@@ -222,9 +224,43 @@ def test_cuda_gemm_accumulates_bf16_products_in_float32(compiled):
     at odd shapes, over three micro-batches, its sum matches the float64 sum of the bf16
     operands' products to float32 precision, far inside bf16 autograd's error."""
     torch.manual_seed(3)
-    ours, autograd, layer, twin = _bf16_accumulation_errors("cuda", 123, 47, True, (47, 301, 1024), compiled)
+    ours, autograd, layer, twin, _ = _bf16_accumulation_errors("cuda", 123, 47, True, (47, 301, 1024), compiled)
     assert ours < 1e-5 and autograd > 10 * ours
     torch.testing.assert_close(layer.bias.grad, twin.bias.grad, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cuda_layer_with_bias_sums_its_bias_gradient_in_the_weight_gradient_gemm(compiled, monkeypatch):
+    """Widths that are multiples of 8: each micro-batch's weight and bias gradients come from one
+    cuBLASLt GEMM (BGRADB), the weight's summed to float32 precision and the bias's equal to the
+    float64 column sums of the bf16 output gradients to float32 precision."""
+    from imdm.kernels import cublaslt
+    calls = []
+    original = cublaslt.gemm_weight_grad_bias
+    monkeypatch.setattr(cublaslt, "gemm_weight_grad_bias", lambda *a: calls.append(a[1].shape) or original(*a))
+    torch.manual_seed(4)
+    ours, _, layer, _, bias_truth = _bf16_accumulation_errors("cuda", 136, 544, True, (47, 301, 1024), compiled)
+    assert calls == [(47, 544), (301, 544), (1024, 544)]
+    assert ours < 1e-5
+    assert ((layer.bias.grad.double() - bias_truth).abs().max() / bias_truth.abs().max()).item() < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows, n_in, n_out", [(47, 136, 544), (301, 1536, 6144), (32768, 1536, 1536)])
+def test_cuda_weight_grad_bias_gemm_matches_float64(rows, n_in, n_out):
+    """gemm_weight_grad_bias adds dy^T x into a float32 gradient that already holds values, and
+    overwrites the bias gradient with dy's column sums: both to float32 precision of float64."""
+    from imdm.kernels.cublaslt import gemm_weight_grad_bias
+    torch.manual_seed(rows)
+    dy, x = (torch.randn(rows, n, device="cuda").bfloat16() for n in (n_out, n_in))
+    grad_w = torch.randn(n_out, n_in, device="cuda")
+    want_w = grad_w.double() + dy.double().t() @ x.double()
+    grad_b = torch.full((n_out,), float("nan"), device="cuda")
+    gemm_weight_grad_bias(grad_w, dy, x, grad_b)
+    want_b = dy.double().sum(0)
+    assert ((grad_w.double() - want_w).abs().max() / want_w.abs().max()).item() < 1e-6
+    assert ((grad_b.double() - want_b).abs().max() / want_b.abs().max()).item() < 1e-6
 
 
 @pytest.mark.gpu
