@@ -250,32 +250,18 @@ def test_cuda_layer_with_bias_sums_its_bias_gradient_in_the_weight_gradient_gemm
 @pytest.mark.parametrize("rows, n_in, n_out", [(47, 136, 544), (301, 1536, 6144), (32768, 1536, 1536)])
 def test_cuda_weight_grad_bias_gemm_matches_float64(rows, n_in, n_out):
     """gemm_weight_grad_bias adds dy^T x into a float32 gradient that already holds values, and
-    overwrites the bias gradient with dy's column sums: both to float32 precision of float64."""
+    overwrites the bias gradient with dy's column sums: against float64, within twice the error
+    of PyTorch's own float32-accumulating GEMM (aten::addmm.dtype_out) and float32 column sum."""
     from imdm.kernels.cublaslt import gemm_weight_grad_bias
     torch.manual_seed(rows)
     dy, x = (torch.randn(rows, n, device="cuda").bfloat16() for n in (n_out, n_in))
     grad_w = torch.randn(n_out, n_in, device="cuda")
-    want_w = grad_w.double() + dy.double().t() @ x.double()
+    want_w, want_b = grad_w.double() + dy.double().t() @ x.double(), dy.double().sum(0)
+    torch_w = torch.ops.aten.addmm.dtype_out(grad_w.clone(), dy.t(), x, torch.float32, out=grad_w.clone())
     grad_b = torch.full((n_out,), float("nan"), device="cuda")
     gemm_weight_grad_bias(grad_w, dy, x, grad_b)
-    want_b = dy.double().sum(0)
-    assert ((grad_w.double() - want_w).abs().max() / want_w.abs().max()).item() < 1e-6
-    assert ((grad_b.double() - want_b).abs().max() / want_b.abs().max()).item() < 1e-6
 
-
-@pytest.mark.gpu
-def test_cuda_compiled_block_with_weight_copies_matches_per_call_casts():
-    """A compiled DiT block on CUDA under bf16 autocast, kept gradients, two micro-batches: with
-    frozen weight copies its outputs, input gradients and matmul weight gradients equal those of
-    the per-call casts bit for bit (as observed on H200s; the graphs differ, so this is not
-    guaranteed). The other parameter gradients are sums over rows that Inductor ordered
-    differently in the two graphs (the LayerNorm weights', off by 1e-7 of their largest entry,
-    benchmarks/weight_copies_identity.py): equal to float32 rounding."""
-    from benchmarks.weight_copies_identity import block_case, run_block
-    state, inputs = block_case("cuda")
-    copies, casts = (run_block(state, inputs, c, compiled=True) for c in (True, False))
-    matmuls = {f"grad {n}.weight" for n in ("attn.qkv", "attn.out", "mlp.0", "mlp.2")}
-    exact = [k for k in casts if not k.startswith("grad ") or k in matmuls]
-    assert len(exact) == 6 + 4 and all(torch.equal(copies[k], casts[k]) for k in exact)
-    for k in casts.keys() - set(exact):
-        torch.testing.assert_close(copies[k], casts[k], rtol=1e-5, atol=1e-6 * casts[k].abs().max().item())
+    def error(got, want):
+        return ((got.double() - want).abs().max() / want.abs().max()).item()
+    assert error(grad_w, want_w) <= 2 * error(torch_w, want_w) + 1e-7
+    assert error(grad_b, want_b) <= 2 * error(dy.sum(0, dtype=torch.float32), want_b) + 1e-7
