@@ -51,15 +51,11 @@
 #      micro-batches, its trace summarised by benchmarks/trace_summary.py, the trace itself kept
 #      gzipped beside the archive if under 15 MiB), one large block's kernels at that micro-batch, and
 #      benchmarks/weight_copies_identity.py
-#   u  one GPU: the weight-and-bias-gradient GEMMs' GPU tests (nothing else runs if they fail), their
-#      benchmark (benchmarks/wgrad_accumulation.py), a large block at micro-batch 32 with kept
-#      gradients, new and .whl/prev, the large model at the recipe's batch, new and .whl/prev, then
-#      all GPU tests
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|m|n|o|r|t|u|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|m|n|o|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -326,19 +322,6 @@ o)
   task blocks-large-mb32 100 gpu0 blocks_large_mb32.log python3 benchmarks/block_breakdown.py --size large --batch 32 \
     --variants block --profile --results-dir "$OUT"
   task copies-identity 60 gpu0 copies_identity.log python3 benchmarks/weight_copies_identity.py --results-dir "$OUT"
-  ;;
-u)
-  task bgrad-ops 90 gpu0 bgrad_ops.log python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gemm_grad_linear.py \
-    tests/test_gelu_mlp.py
-  if [ -e $DONE/bgrad-ops ]; then
-    task wgrad-bias 60 gpu0 wgrad_bias.log python3 benchmarks/wgrad_accumulation.py --results-dir "$OUT"
-    for v in new prev; do
-      WHEEL=$v task blocks-large-mb32-$v 90 gpu0 blocks_large_mb32_$v.log python3 benchmarks/block_breakdown.py \
-        --size large --batch 32 --variants kept_grads --results-dir "$OUT"
-    done
-    for v in new prev; do WARMUP=2 STEPS=4 task large-$v-g512 160 bench $v 1 large-$v-g512 owt_large.toml; done
-    task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
-  fi
   ;;
 q)
   task cublaslt-epilogues 150 gpu0 cublaslt_epilogues.log python3 benchmarks/cublaslt_epilogues.py --results-dir "$OUT"

@@ -2,9 +2,7 @@
 what autograd does under autocast today (the bf16 weight-gradient product, then its float32 cast
 and the add into the float32 .grad) against one GEMM that reads and writes the float32 gradient
 itself (`aten::addmm.dtype_out`, beta 1, in place), the form imdm.models.gemm_grad_linear runs
-on one GPU; and, for the MLP's two layers, which have biases, that GEMM plus the bias gradient's
-column sums against one cuBLASLt GEMM that also sums them (epilogue BGRADB,
-imdm.kernels.cublaslt.gemm_weight_grad_bias). Each variant is checked against float64 first.
+on one GPU. Each variant is checked against a float64 product first.
 
     python benchmarks/wgrad_accumulation.py [--results-dir DIR]
 """
@@ -21,32 +19,12 @@ import torch  # noqa: E402
 
 from benchmarks.gpu_timing import time_ms  # noqa: E402
 from benchmarks.results_io import write_result  # noqa: E402
-from imdm.kernels.cublaslt import gemm_weight_grad_bias  # noqa: E402
 
 MODELS = {"large": (1536, 16 * 1024), "small": (768, 32 * 1024)}   # d, tokens per micro-batch
 
 
 def weight_shapes(d: int) -> dict:
     return {"qkv": (3 * d, d), "attn_out": (d, d), "mlp_up": (4 * d, d), "mlp_down": (d, 4 * d)}
-
-
-def _bias_variants(grad, dy, x, truth, iters: int) -> dict:
-    """Weight and bias gradients: addmm into float32 then a column sum, against one BGRADB GEMM."""
-    bias_truth = dy.double().sum(0)
-    fused, bias = grad.clone(), torch.empty(dy.shape[1], device="cuda")
-    gemm_weight_grad_bias(fused, dy, x, bias)
-    errors = {"weight": (fused.double() - truth).abs().max().item() / truth.abs().max().item(),
-              "bias": (bias.double() - bias_truth).abs().max().item() / bias_truth.abs().max().item()}
-    acc = grad.clone()
-
-    def addmm_and_sum():
-        torch.ops.aten.addmm.dtype_out(acc, dy.t(), x, torch.float32, out=acc)
-        return dy.sum(0, dtype=torch.float32)
-    timings = {"addmm_and_sum_ms": time_ms(addmm_and_sum, iters),
-               "bgradb_gemm_ms": time_ms(lambda: gemm_weight_grad_bias(acc, dy, x, bias), iters)}
-    print(f"      with the bias gradient: addmm + column sum {timings['addmm_and_sum_ms']:.3f} ms, one BGRADB GEMM "
-          f"{timings['bgradb_gemm_ms']:.3f} ms; its errors {errors}")
-    return {**timings, "bgradb_max_error_relative": errors}
 
 
 def main() -> None:
@@ -79,8 +57,6 @@ def main() -> None:
             t_mm = time_ms(lambda: torch.mm(dy_t, x), args.iters)
             rows[name] = {"weight": [n_out, n_in], "tokens": tokens, "bf16_mm_ms": t_mm, "autograd_ms": t_autograd,
                           "fused_ms": t_fused, "max_error_relative": errors}
-            if name.startswith("mlp"):
-                rows[name].update(_bias_variants(grad, dy, x, truth, args.iters))
             totals["autograd_ms"] += t_autograd
             totals["fused_ms"] += t_fused
             print(f"{model:5s} {name:8s} [{n_out}, {n_in}] x {tokens}: bf16 mm {t_mm:.3f} ms, mm + cast + add "

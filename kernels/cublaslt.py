@@ -1,16 +1,13 @@
-"""cuBLASLt matmuls with the epilogues PyTorch does not reach, called through ctypes.
+"""cuBLASLt matmuls with the GELU epilogues, called through ctypes.
 
 PyTorch reaches cuBLASLt's bias epilogue (and a GELU one without its auxiliary output) but not
-the three that training needs: GELU_AUX_BIAS (bias + GELU after the product, also writing the
-pre-activation), DGELU (the product times GELU's derivative at that pre-activation), both in
-`gemm_epilogue`, and BGRADB (the column sums of the product's second operand), which
-`gemm_weight_grad_bias` uses to sum a layer's bias gradient inside its weight-gradient GEMM, the
-one that reads the output gradient anyway. cuBLASLt's GELU is the tanh approximation.
-(DGELU_BGRAD, which sums the bias gradient over the rows of the product itself, runs as a plain
+the two that training needs: GELU_AUX_BIAS (bias + GELU after the product, also writing the
+pre-activation) and DGELU (the product times GELU's derivative at that pre-activation). cuBLASLt's
+GELU is the tanh approximation. (DGELU_BGRAD, which also sums the bias gradient, runs as a plain
 GEMM and a separate epilogue kernel that took 0.6 ms at a large block's shape on an H200, slower
 than the GEMM itself: benchmarks/cublaslt_epilogues.py.)
-This module binds the handful of cuBLASLt entry points these need, from the library PyTorch
-itself loaded; descriptors and the chosen algorithm are cached per problem.
+This module binds the handful of cuBLASLt entry points that `gemm_epilogue` needs, from the
+library PyTorch itself loaded; descriptors and the chosen algorithm are cached per problem.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-EPILOGUES = {"gelu_aux_bias": 164, "dgelu": 192, "bgradb": 512}   # cublasLtEpilogue_t
+EPILOGUES = {"gelu_aux_bias": 164, "dgelu": 192}   # cublasLtEpilogue_t
 _DATA_TYPE = {torch.float32: 0, torch.float16: 2, torch.bfloat16: 14}   # cudaDataType_t
 _COMPUTE_32F = 68
 _OP_N, _OP_T = 0, 1
@@ -112,44 +109,40 @@ def _alignment(pointer: int) -> int:
     return min(256, pointer & -pointer) if pointer else 256
 
 
-def _set_pointers(desc: _VOID, bias: Optional[Tensor], aux: Optional[Tensor]) -> None:
+def _set_pointers(desc: _VOID, bias: Optional[Tensor], aux: Tensor) -> None:
     if bias is not None:
         _set(_lib().cublasLtMatmulDescSetAttribute, desc, _BIAS_POINTER, _VOID(bias.data_ptr()))
-    if aux is not None:
-        _set(_lib().cublasLtMatmulDescSetAttribute, desc, _AUX_POINTER, _VOID(aux.data_ptr()))
+    _set(_lib().cublasLtMatmulDescSetAttribute, desc, _AUX_POINTER, _VOID(aux.data_ptr()))
 
 
 _PLANS: dict[tuple, tuple] = {}
 _LOCK = threading.Lock()   # forward and autograd's backward thread share the cached descriptors
 
 
-def _plan(device: int, m: int, n: int, k: int, transpose_a: bool, transpose_b: bool, dtype: torch.dtype,
-          d_dtype: torch.dtype, epilogue: str, alignments: tuple[int, ...], bias: Optional[Tensor],
-          aux: Optional[Tensor]):
-    """(matmul descriptor, layouts A, B, D, algorithm) for D[m, n] = op(A)[m, k] op(B)[k, n]
-    (cuBLASLt's column-major view; A and B in `dtype`, C = D in `d_dtype`), cached per problem and
-    pointer alignments (A, B, D, aux, bias): `bias` and `aux` are the first call's, set before the
-    heuristic, which reads their alignment (every call sets its own)."""
-    key = (device, m, n, k, transpose_a, transpose_b, dtype, d_dtype, epilogue, alignments)
+def _plan(device: int, m: int, n: int, k: int, transpose_a: bool, dtype: torch.dtype, epilogue: str,
+          alignments: tuple[int, ...], bias: Optional[Tensor], aux: Tensor):
+    """(matmul descriptor, layouts A, B, D, algorithm) for D[m, n] = op(A)[m, k] B[k, n] (cuBLASLt's
+    column-major view), cached per problem and pointer alignments (A, B, D, aux, bias): `bias` and
+    `aux` are the first call's, set before the heuristic, which reads their alignment (every call
+    sets its own)."""
+    key = (device, m, n, k, transpose_a, dtype, epilogue, alignments)
     if key not in _PLANS:
         _PLANS[key] = _new_plan(*key, bias, aux)
     return _PLANS[key]
 
 
-def _new_plan(device, m, n, k, transpose_a, transpose_b, dtype, d_dtype, epilogue, alignments, bias, aux):
+def _new_plan(device, m, n, k, transpose_a, dtype, epilogue, alignments, bias, aux):
     lib = _lib()
     desc = _VOID()
     _check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _COMPUTE_32F, _DATA_TYPE[torch.float32]),
            "cublasLtMatmulDescCreate")
     _set(lib.cublasLtMatmulDescSetAttribute, desc, _TRANSA, ctypes.c_int32(_OP_T if transpose_a else _OP_N))
-    _set(lib.cublasLtMatmulDescSetAttribute, desc, _TRANSB, ctypes.c_int32(_OP_T if transpose_b else _OP_N))
+    _set(lib.cublasLtMatmulDescSetAttribute, desc, _TRANSB, ctypes.c_int32(_OP_N))
     _set(lib.cublasLtMatmulDescSetAttribute, desc, _EPILOGUE, ctypes.c_uint32(EPILOGUES[epilogue]))
     _set_pointers(desc, bias, aux)
-    if aux is not None:
-        _set(lib.cublasLtMatmulDescSetAttribute, desc, _AUX_LD, ctypes.c_int64(m))
+    _set(lib.cublasLtMatmulDescSetAttribute, desc, _AUX_LD, ctypes.c_int64(m))
     layout_a = _layout(dtype, k, m, k) if transpose_a else _layout(dtype, m, k, m)
-    layout_b = _layout(dtype, n, k, n) if transpose_b else _layout(dtype, k, n, k)
-    layout_d = _layout(d_dtype, m, n, m)
+    layout_b, layout_d = _layout(dtype, k, n, k), _layout(dtype, m, n, m)
     pref = _VOID()
     _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "cublasLtMatmulPreferenceCreate")
     _set(lib.cublasLtMatmulPreferenceSetAttribute, pref, _PREF_WORKSPACE, ctypes.c_uint64(WORKSPACE_BYTES))
@@ -163,38 +156,11 @@ def _new_plan(device, m, n, k, transpose_a, transpose_b, dtype, d_dtype, epilogu
            "cublasLtMatmulAlgoGetHeuristic")
     if found.value < 1:
         raise RuntimeError(f"cuBLASLt has no algorithm for epilogue {epilogue} at m={m} n={n} k={k} "
-                           f"({dtype} -> {d_dtype}, alignments {alignments})")
+                           f"({dtype}, alignments {alignments})")
     return desc, layout_a, layout_b, layout_d, result
 
 
 _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
-
-
-def _matmul(device: int, plan_args: tuple, a: Tensor, b: Tensor, d: Tensor, beta: ctypes.c_float,
-            bias: Optional[Tensor], aux: Optional[Tensor]) -> None:
-    """D = op(A) op(B) + beta D with the plan of `plan_args` (_plan's arguments from m to
-    alignments) and this call's bias and aux pointers, on the current stream."""
-    stream = torch.cuda.current_stream(device).cuda_stream
-    workspace = _workspace(device, stream)
-    lib = _lib()
-    with _LOCK:
-        desc, layout_a, layout_b, layout_d, result = _plan(device, *plan_args, bias, aux)
-        _set_pointers(desc, bias, aux)
-        _check(lib.cublasLtMatmul(_handle(device), desc, ctypes.byref(_ONE), a.data_ptr(), layout_a, b.data_ptr(),
-                                  layout_b, ctypes.byref(beta), d.data_ptr(), layout_d, d.data_ptr(), layout_d,
-                                  ctypes.byref(result.algo), workspace.data_ptr(), WORKSPACE_BYTES, stream),
-               "cublasLtMatmul")
-
-
-def _check_device(tensors) -> int:
-    """The index of the current CUDA device, on which every tensor must live."""
-    devices = {t.device for t in tensors}
-    if len(devices) > 1:
-        raise ValueError(f"the operands must share one device, got {sorted(map(str, devices))}")
-    device = next(iter(devices))
-    if device.type != "cuda" or device.index != torch.cuda.current_device():
-        raise ValueError(f"the operands must live on the current CUDA device, got {device}")
-    return device.index
 
 
 def gemm_epilogue(a: Tensor, b: Tensor, out: Tensor, epilogue: str, bias: Optional[Tensor], aux: Tensor) -> None:
@@ -230,41 +196,19 @@ def gemm_epilogue(a: Tensor, b: Tensor, out: Tensor, epilogue: str, bias: Option
         raise ValueError(f"a, b, out, aux, bias must share one device, got {[str(t.device) for t in tensors]}")
     if m_rows == 0:
         return
-    device = _check_device(tensors)
+    if a.device.type != "cuda" or a.device.index != torch.cuda.current_device():
+        raise ValueError(f"the operands must live on the current CUDA device, got {a.device}")
+    device = a.device.index
     alignments = tuple(_alignment(t.data_ptr()) for t in (b, a, out, aux)) + (
         256 if bias is None else _alignment(bias.data_ptr()),)
-    _matmul(device, (n, m_rows, k, transpose_a, False, a.dtype, a.dtype, epilogue, alignments), b, a, out, _ZERO,
-            bias, aux)
-
-
-def gemm_weight_grad_bias(grad_w: Tensor, dy: Tensor, x: Tensor, grad_b: Tensor) -> None:
-    """grad_w[out, in] += dy[N, out]^T x[N, in] and grad_b[out] = dy's column sums, in one cuBLASLt
-    GEMM (epilogue BGRADB: the sums of the second operand over the product's inner dimension),
-    float32 accumulation. grad_w and grad_b are float32 and contiguous (grad_b is overwritten, not
-    added to); dy and x are contiguous, in one 16-bit dtype, on the current CUDA device; out and
-    in are multiples of 8. N = 0 zeroes grad_b."""
-    if dy.dim() != 2 or x.dim() != 2 or dy.shape[0] != x.shape[0]:
-        raise ValueError(f"dy [N, out] and x [N, in] must be matrices with the same rows, got {tuple(dy.shape)}, "
-                         f"{tuple(x.shape)}")
-    rows, n_out = dy.shape
-    n_in = x.shape[1]
-    if grad_w.shape != (n_out, n_in) or grad_b.shape != (n_out,):
-        raise ValueError(f"grad_w must be [{n_out}, {n_in}] and grad_b [{n_out}], got {tuple(grad_w.shape)}, "
-                         f"{tuple(grad_b.shape)}")
-    if grad_w.dtype != torch.float32 or grad_b.dtype != torch.float32:
-        raise ValueError(f"grad_w and grad_b must be float32, got {grad_w.dtype}, {grad_b.dtype}")
-    if dy.dtype != x.dtype or dy.dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"dy and x must share one of bf16/fp16, got {dy.dtype}, {x.dtype}")
-    for name, t in (("grad_w", grad_w), ("dy", dy), ("x", x), ("grad_b", grad_b)):
-        if not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous")
-    if n_out % 8 or n_in % 8:
-        raise ValueError(f"cuBLASLt bias-gradient GEMMs need out and in multiples of 8, got out={n_out} in={n_in}")
-    device = _check_device((grad_w, dy, x, grad_b))
-    if rows == 0:
-        grad_b.zero_()
-        return
-    # column-major: D = grad_w^T [in, out] = x^T [in, N] (x as stored) times dy [N, out] (dy^T as stored, transposed)
-    alignments = tuple(_alignment(t.data_ptr()) for t in (x, dy, grad_w)) + (256, _alignment(grad_b.data_ptr()))
-    _matmul(device, (n_in, n_out, rows, False, True, dy.dtype, torch.float32, "bgradb", alignments), x, dy, grad_w,
-            _ONE, grad_b, None)
+    stream = torch.cuda.current_stream(device).cuda_stream
+    workspace = _workspace(device, stream)
+    lib = _lib()
+    with _LOCK:
+        desc, layout_a, layout_b, layout_d, result = _plan(device, n, m_rows, k, transpose_a, a.dtype, epilogue,
+                                                           alignments, bias, aux)
+        _set_pointers(desc, bias, aux)
+        _check(lib.cublasLtMatmul(_handle(device), desc, ctypes.byref(_ONE), b.data_ptr(), layout_a, a.data_ptr(),
+                                  layout_b, ctypes.byref(_ZERO), out.data_ptr(), layout_d, out.data_ptr(), layout_d,
+                                  ctypes.byref(result.algo), workspace.data_ptr(), WORKSPACE_BYTES, stream),
+               "cublasLtMatmul")

@@ -2,9 +2,8 @@
 
 Fuses:    forward, the up-projection, its bias and GELU in one GEMM (cuBLASLt epilogue
           GELU_AUX_BIAS, which also writes the pre-activation u for the backward); backward, the
-          down-projection's input gradient and GELU's derivative at u in one GEMM (DGELU). With
-          the weight gradients kept, each layer's bias gradient is summed inside its
-          weight-gradient GEMM (BGRADB, imdm.models.gemm_grad_linear); otherwise Inductor's.
+          down-projection's input gradient and GELU's derivative at u in one GEMM (DGELU). The
+          up-projection's bias gradient, the column sums of u's gradient, stays Inductor's.
 Replaces: Inductor's GELU kernel and its backward (a read of u and a write of the activation,
           then reads of u and the activation's gradient and a write of u's gradient):
           memory-bound passes over [tokens, 4d] between the compute-bound matmuls.
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from imdm.models.gemm_grad_linear import accumulate_weight_grads, matmul_weight
+from imdm.models.gemm_grad_linear import accumulate_weight_grad, matmul_weight
 from imdm.models.layers import compute_dtype
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -102,13 +101,12 @@ def _(dy, weight, u):
     return torch.empty_like(u)
 
 
-def _weight_and_bias_grads(grad: Optional[Tensor], dy: Tensor, x: Tensor, need_w: bool, need_b: bool):
-    """(dW, db) of a linear layer with output gradient dy and input x: with its kept float32 `grad`,
-    dW is added into it in place (None returned) and db comes from the same GEMM."""
-    if need_w and grad is not None:
-        return None, accumulate_weight_grads(grad, dy, x, need_b)
-    dw = dy.t() @ x if need_w else None
-    return dw, dy.sum(0, dtype=torch.promote_types(dy.dtype, torch.float32)) if need_b else None
+def _weight_grad(grad: Optional[Tensor], dy: Tensor, x: Tensor) -> Optional[Tensor]:
+    """dy^T x added into `grad` in place (returning None), or returned when there is no `grad`."""
+    if grad is None:
+        return dy.t() @ x
+    accumulate_weight_grad(grad, dy, x)
+    return None
 
 
 class _GeluMLP(torch.autograd.Function):
@@ -130,9 +128,12 @@ class _GeluMLP(torch.autograd.Function):
         rows, u, h, w1, w2, grad1, grad2 = ctx.saved_tensors
         dy = dy.reshape(-1, dy.shape[-1]).contiguous()
         needs = ctx.needs_input_grad
-        dw2, db2 = _weight_and_bias_grads(grad2, dy, h, needs[3], needs[4])
+        sum_dtype = torch.promote_types(dy.dtype, torch.float32)
+        dw2 = _weight_grad(grad2, dy, h) if needs[3] else None
+        db2 = dy.sum(0, dtype=sum_dtype) if needs[4] else None
         du = torch.ops.imdm.matmul_dgelu(dy, w2, u)
-        dw1, db1 = _weight_and_bias_grads(grad1, du, rows, needs[1], needs[2])
+        dw1 = _weight_grad(grad1, du, rows) if needs[1] else None
+        db1 = du.sum(0, dtype=sum_dtype) if needs[2] else None
         dx = (du @ w1).view(*ctx.input_shape) if needs[0] else None
         return dx, dw1, db1, dw2, db2, None, None, None, None
 

@@ -62,7 +62,6 @@ def _bf16_accumulation_errors(device: str, n_in: int, n_out: int, bias: bool, ro
     keep_weight_grads(layer)
     run = torch.compile(layer, fullgraph=True) if compiled else layer
     truth = torch.zeros(n_out, n_in, dtype=torch.float64, device=device)
-    bias_truth = torch.zeros(n_out, dtype=torch.float64, device=device)
     for rows in row_counts:
         x = torch.randn(rows, n_in, device=device).bfloat16().float()
         dy = torch.randn(rows, n_out, device=device).bfloat16()
@@ -71,17 +70,16 @@ def _bf16_accumulation_errors(device: str, n_in: int, n_out: int, bias: bool, ro
         y.backward(dy)
         y_twin.backward(dy)
         truth += dy.double().t() @ x.double()
-        bias_truth += dy.double().sum(0)
     scale = truth.abs().max()
     errors = [((lin.weight.grad.double() - truth).abs().max() / scale).item() for lin in (layer, twin)]
-    return errors[0], errors[1], layer, twin, bias_truth
+    return errors[0], errors[1], layer, twin
 
 
 def test_bf16_products_are_accumulated_in_float32():
     """Under bf16 autocast nn.Linear rounds each micro-batch's weight-gradient product to bf16;
     GemmGradLinear's sum equals the float64 sum of the bf16 operands' products to float32 precision."""
     torch.manual_seed(1)
-    ours, autograd, *_ = _bf16_accumulation_errors("cpu", 64, 32, False, (96,) * 4, compiled=False)
+    ours, autograd, _, _ = _bf16_accumulation_errors("cpu", 64, 32, False, (96,) * 4, compiled=False)
     assert ours < 1e-6 < 1e-4 < autograd
 
 
@@ -224,44 +222,24 @@ def test_cuda_gemm_accumulates_bf16_products_in_float32(compiled):
     at odd shapes, over three micro-batches, its sum matches the float64 sum of the bf16
     operands' products to float32 precision, far inside bf16 autograd's error."""
     torch.manual_seed(3)
-    ours, autograd, layer, twin, _ = _bf16_accumulation_errors("cuda", 123, 47, True, (47, 301, 1024), compiled)
+    ours, autograd, layer, twin = _bf16_accumulation_errors("cuda", 123, 47, True, (47, 301, 1024), compiled)
     assert ours < 1e-5 and autograd > 10 * ours
     torch.testing.assert_close(layer.bias.grad, twin.bias.grad, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("compiled", [False, True])
-def test_cuda_layer_with_bias_sums_its_bias_gradient_in_the_weight_gradient_gemm(compiled, monkeypatch):
-    """Widths that are multiples of 8: each micro-batch's weight and bias gradients come from one
-    cuBLASLt GEMM (BGRADB), the weight's summed to float32 precision and the bias's equal to the
-    float64 column sums of the bf16 output gradients to float32 precision."""
-    from imdm.kernels import cublaslt
-    calls = []
-    original = cublaslt.gemm_weight_grad_bias
-    monkeypatch.setattr(cublaslt, "gemm_weight_grad_bias", lambda *a: calls.append(a[1].shape) or original(*a))
-    torch.manual_seed(4)
-    ours, _, layer, _, bias_truth = _bf16_accumulation_errors("cuda", 136, 544, True, (47, 301, 1024), compiled)
-    assert calls == [(47, 544), (301, 544), (1024, 544)]
-    assert ours < 1e-5
-    assert ((layer.bias.grad.double() - bias_truth).abs().max() / bias_truth.abs().max()).item() < 1e-6
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("rows, n_in, n_out", [(47, 136, 544), (301, 1536, 6144), (32768, 1536, 1536)])
-def test_cuda_weight_grad_bias_gemm_matches_float64(rows, n_in, n_out):
-    """gemm_weight_grad_bias adds dy^T x into a float32 gradient that already holds values, and
-    overwrites the bias gradient with dy's column sums: against float64, within twice the error
-    of PyTorch's own float32-accumulating GEMM (aten::addmm.dtype_out) and float32 column sum."""
-    from imdm.kernels.cublaslt import gemm_weight_grad_bias
-    torch.manual_seed(rows)
-    dy, x = (torch.randn(rows, n, device="cuda").bfloat16() for n in (n_out, n_in))
-    grad_w = torch.randn(n_out, n_in, device="cuda")
-    want_w, want_b = grad_w.double() + dy.double().t() @ x.double(), dy.double().sum(0)
-    torch_w = torch.ops.aten.addmm.dtype_out(grad_w.clone(), dy.t(), x, torch.float32, out=grad_w.clone())
-    grad_b = torch.full((n_out,), float("nan"), device="cuda")
-    gemm_weight_grad_bias(grad_w, dy, x, grad_b)
-
-    def error(got, want):
-        return ((got.double() - want).abs().max() / want.abs().max()).item()
-    assert error(grad_w, want_w) <= 2 * error(torch_w, want_w) + 1e-7
-    assert error(grad_b, want_b) <= 2 * error(dy.sum(0, dtype=torch.float32), want_b) + 1e-7
+def test_cuda_compiled_block_with_weight_copies_matches_per_call_casts():
+    """A compiled DiT block on CUDA under bf16 autocast, kept gradients, two micro-batches: with
+    frozen weight copies its outputs, input gradients and matmul weight gradients equal those of
+    the per-call casts bit for bit (as observed on H200s; the graphs differ, so this is not
+    guaranteed). The other parameter gradients are sums over rows that Inductor ordered
+    differently in the two graphs (the LayerNorm weights', off by 1e-7 of their largest entry,
+    benchmarks/weight_copies_identity.py): equal to float32 rounding."""
+    from benchmarks.weight_copies_identity import block_case, run_block
+    state, inputs = block_case("cuda")
+    copies, casts = (run_block(state, inputs, c, compiled=True) for c in (True, False))
+    matmuls = {f"grad {n}.weight" for n in ("attn.qkv", "attn.out", "mlp.0", "mlp.2")}
+    exact = [k for k in casts if not k.startswith("grad ") or k in matmuls]
+    assert len(exact) == 6 + 4 and all(torch.equal(copies[k], casts[k]) for k in exact)
+    for k in casts.keys() - set(exact):
+        torch.testing.assert_close(copies[k], casts[k], rtol=1e-5, atol=1e-6 * casts[k].abs().max().item())

@@ -4,8 +4,7 @@ Fuses: the weight-gradient product, its float32 cast and the add into the float3
 Replaces: autograd's path under bf16 autocast, three kernels per weight and micro-batch (a bf16
 product, a cast, AccumulateGrad's add), which also rounds each micro-batch's product to bf16.
 Here one GEMM reads and writes `.grad` in place with float32 accumulation
-(`aten::addmm.dtype_out`, beta 1, on CUDA; the eager reference upcasts and adds); a layer with a
-bias also sums the bias gradient in that GEMM (cuBLASLt's BGRADB epilogue). It runs once
+(`aten::addmm.dtype_out`, beta 1, on CUDA; the eager reference upcasts and adds). It runs once
 `.grad` exists and the layer is switched on by `keep_weight_grads`, which the trainer calls for
 an unsharded model (FSDP2 owns the gradients of a sharded one). Measured on one H200
 (benchmarks/wgrad_accumulation.py; train_throughput, 7fd9ec3 against dbc7ebb): 1.198 against
@@ -44,40 +43,6 @@ def _(grad, dy, x):
     return None
 
 
-def _bias_grad_dtype(dy: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(dy.dtype, torch.float32)
-
-
-@torch.library.custom_op("imdm::accumulate_weight_bias_grad", mutates_args=("grad",))
-def accumulate_weight_bias_grad(grad: torch.Tensor, dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """accumulate_weight_grad(grad, dy, x), and the bias gradient, dy's column sums in float32 (at
-    least): on CUDA, for 16-bit dy and x whose widths are multiples of 8, summed by the same GEMM
-    (kernels/cublaslt.py, epilogue BGRADB), so dy is read once."""
-    if (grad.device.type == "cuda" and dy.dtype in (torch.bfloat16, torch.float16) and x.dtype == dy.dtype
-            and grad.dtype == torch.float32 and grad.is_contiguous() and not (dy.shape[1] % 8 or x.shape[1] % 8)):
-        from imdm.kernels.cublaslt import gemm_weight_grad_bias
-        grad_bias = torch.empty(dy.shape[1], dtype=torch.float32, device=dy.device)
-        gemm_weight_grad_bias(grad, dy.contiguous(), x.contiguous(), grad_bias)
-        return grad_bias
-    accumulate_weight_grad(grad, dy, x)
-    return dy.sum(0, dtype=_bias_grad_dtype(dy))
-
-
-@accumulate_weight_bias_grad.register_fake
-def _(grad, dy, x):
-    return dy.new_empty(dy.shape[1], dtype=_bias_grad_dtype(dy))
-
-
-def accumulate_weight_grads(grad: torch.Tensor, dy: torch.Tensor, x: torch.Tensor,
-                            with_bias: bool) -> Optional[torch.Tensor]:
-    """grad += dy^T x in place (float32 accumulation), and, `with_bias`, the bias gradient
-    (dy's column sums) from the same GEMM; None without."""
-    if with_bias:
-        return torch.ops.imdm.accumulate_weight_bias_grad(grad, dy, x)
-    torch.ops.imdm.accumulate_weight_grad(grad, dy, x)
-    return None
-
-
 def matmul_weight(weight: torch.Tensor, copy: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     """`weight` in `dtype`: its frozen copy when that has `dtype`, else cast now."""
     return copy if copy is not None and copy.dtype == dtype else weight.to(dtype)
@@ -101,7 +66,8 @@ class _LinearGradIntoBuffer(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight, grad = ctx.saved_tensors
         rows = dy.reshape(-1, dy.shape[-1])
-        grad_bias = accumulate_weight_grads(grad, rows, x.reshape(-1, x.shape[-1]), ctx.has_bias)
+        torch.ops.imdm.accumulate_weight_grad(grad, rows, x.reshape(-1, x.shape[-1]))
+        grad_bias = rows.sum(0, dtype=torch.float32) if ctx.has_bias else None
         grad_x = (rows @ weight).view(*dy.shape[:-1], weight.shape[1]) if ctx.needs_input_grad[0] else None
         return grad_x, None, grad_bias, None, None   # both products read `rows`: Inductor writes it once
 
