@@ -51,11 +51,14 @@
 #      micro-batches, its trace summarised by benchmarks/trace_summary.py, the trace itself kept
 #      gzipped beside the archive if under 15 MiB), one large block's kernels at that micro-batch, and
 #      benchmarks/weight_copies_identity.py
+#   j  one GPU: the residual + LayerNorm kernel's GPU tests and its benchmark with the backward's
+#      settings swept (whole-row tiles too), large and small at micro-batch 32; the rotary layouts
+#      (benchmarks/rotary_layouts.py), large and small
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|m|n|o|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|j|m|n|o|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -322,6 +325,13 @@ o)
   task blocks-large-mb32 100 gpu0 blocks_large_mb32.log python3 benchmarks/block_breakdown.py --size large --batch 32 \
     --variants block --profile --results-dir "$OUT"
   task copies-identity 60 gpu0 copies_identity.log python3 benchmarks/weight_copies_identity.py --results-dir "$OUT"
+  ;;
+j)
+  task rn-tests 120 gpu0 rn_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernel_residual_norm.py
+  task rn-large 90 gpu0 rn_large.log python3 benchmarks/kernel_residual_norm.py --batch 32 --results-dir "$OUT"
+  task rn-small 90 gpu0 rn_small.log python3 benchmarks/kernel_residual_norm.py --batch 32 --d 768 --results-dir "$OUT"
+  task rotary-large 90 gpu0 rotary_large.log python3 benchmarks/rotary_layouts.py --results-dir "$OUT"
+  task rotary-small 90 gpu0 rotary_small.log python3 benchmarks/rotary_layouts.py --d 768 --heads 12 --results-dir "$OUT"
   ;;
 q)
   task cublaslt-epilogues 150 gpu0 cublaslt_epilogues.log python3 benchmarks/cublaslt_epilogues.py --results-dir "$OUT"
