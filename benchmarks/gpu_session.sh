@@ -51,9 +51,9 @@
 #      micro-batches, its trace summarised by benchmarks/trace_summary.py, the trace itself kept
 #      gzipped beside the archive if under 15 MiB), one large block's kernels at that micro-batch, and
 #      benchmarks/weight_copies_identity.py
-#   j  one GPU: the residual + LayerNorm kernel's GPU tests and its benchmark with the backward's
-#      settings swept (whole-row tiles too), large and small at micro-batch 32; the rotary layouts
-#      (benchmarks/rotary_layouts.py), large and small
+#   j  one GPU: the residual + LayerNorm kernel's GPU tests and its benchmark (backward settings
+#      swept), large and small at micro-batch 32; the rotary layouts (benchmarks/rotary_layouts.py),
+#      large and small
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,

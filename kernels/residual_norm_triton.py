@@ -21,8 +21,6 @@ from imdm.kernels.hash32 import stream_keys, uniform24
 # and 1024 columns with 2-8 warps and 16-64 rows were within 0.207-0.237 ms; at [32, 1024, 768]
 # the 256 x 2 kept was the fastest (0.208 ms; 1024 x 8 there took 5.2 ms, not investigated), and
 # 256 columns divide both models' widths.
-# A chunk as wide as the row (BACKWARD_CHUNK >= d) makes it one kernel: each program sums its
-# rows' LayerNorm terms itself, reading dh and x_out once instead of twice.
 BACKWARD_ROWS = 16
 BACKWARD_CHUNK = 256
 BACKWARD_WARPS = 2
@@ -93,11 +91,9 @@ def _row_terms_kernel(dh_ptr, x_out_ptr, mean_ptr, rstd_ptr, w_ptr, scale_ptr, t
 def _backward_kernel(dh_ptr, dx_out_ptr, x_out_ptr, mean_ptr, rstd_ptr, terms_ptr, w_ptr, scale_ptr, y_ptr,
                      gate_ptr, seed_ptr, dx_ptr, dy_ptr, part_ptr, seq_len, d, p, inv_keep, tiles_per_seq,
                      HAS_DX_OUT: tl.constexpr, RESIDUAL: tl.constexpr, DROPOUT: tl.constexpr,
-                     STREAM: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr, FULL_ROW: tl.constexpr):
+                     STREAM: tl.constexpr, ROWS: tl.constexpr, CHUNK: tl.constexpr):
     """ROWS rows of one sequence, columns [CHUNK * program_id(1), + CHUNK); the parameter-gradient
-    sums of those rows go to part[program_id(0)] = (d_w, d_shift, d_scale, d_gate) [4, d]. With
-    FULL_ROW (CHUNK covers the row) each row's LayerNorm terms are summed here, not read from
-    _row_terms_kernel's `terms`."""
+    sums of those rows go to part[program_id(0)] = (d_w, d_shift, d_scale, d_gate) [4, d]."""
     p, inv_keep, _ = _as_float32(p, inv_keep, 0.0)
     pid = tl.program_id(0)
     seq = pid // tiles_per_seq
@@ -124,14 +120,7 @@ def _backward_kernel(dh_ptr, dx_out_ptr, x_out_ptr, mean_ptr, rstd_ptr, terms_pt
         dh = tl.load(dh_ptr + offs, mask=live, other=0.0).to(tl.float32)
         sum_dh += dh
         sum_dh_xhat += dh * xhat
-        dxhat = dh * one_plus_scale * w
-        if FULL_ROW:
-            mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=0) / d
-            mean_dxhat = tl.sum(dxhat, axis=0) / d
-        else:
-            mean_dxhat_xhat = tl.load(terms_ptr + 2 * row)
-            mean_dxhat = tl.load(terms_ptr + 2 * row + 1)
-        dx = (dxhat - xhat * mean_dxhat_xhat - mean_dxhat) * rstd
+        dx = (dh * one_plus_scale * w - xhat * tl.load(terms_ptr + 2 * row) - tl.load(terms_ptr + 2 * row + 1)) * rstd
         if HAS_DX_OUT:
             dx += tl.load(dx_out_ptr + offs, mask=live, other=0.0)
         tl.store(dx_ptr + offs, dx, mask=live)
@@ -186,22 +175,17 @@ def launch_backward(dh, dx_out, x_out, mean, rstd, weight, scale, y, gate, seed,
     seq_len = rows // batch
     residual, dropout = _branch_and_dropout(y, seed, p)
     block_d = triton.next_power_of_2(d)
-    full_row = BACKWARD_CHUNK >= block_d
-    chunk = block_d if full_row else BACKWARD_CHUNK
-    terms = mean   # unread with full rows
-    if not full_row:
-        terms = torch.empty(rows, 2, dtype=torch.float32, device=x_out.device)
-        wrap_triton(_row_terms_kernel)[(rows,)](dh, x_out, mean, rstd, weight, scale, terms, seq_len, d,
-                                                BLOCK_D=block_d, num_warps=_num_warps(block_d))
+    terms = torch.empty(rows, 2, dtype=torch.float32, device=x_out.device)
+    wrap_triton(_row_terms_kernel)[(rows,)](dh, x_out, mean, rstd, weight, scale, terms, seq_len, d, BLOCK_D=block_d,
+                                            num_warps=_num_warps(block_d))
     tiles = triton.cdiv(seq_len, BACKWARD_ROWS)
     part = torch.empty(batch, tiles, 4, d, dtype=torch.float32, device=x_out.device)
     dx = torch.empty(x_out.shape, dtype=torch.float32, device=x_out.device)
     dy = torch.empty_like(y) if residual else dx.new_empty(0)
-    wrap_triton(_backward_kernel)[(batch * tiles, triton.cdiv(d, chunk))](
+    wrap_triton(_backward_kernel)[(batch * tiles, triton.cdiv(d, BACKWARD_CHUNK))](
         dh, dx_out if dx_out is not None else dx, x_out, mean, rstd, terms, weight, scale, y if residual else dh,
         gate if residual else scale, seed if dropout else mean, dx, dy if residual else dx, part, seq_len, d, p,
         1.0 / (1.0 - p), tiles, HAS_DX_OUT=dx_out is not None, RESIDUAL=residual, DROPOUT=dropout,
-        STREAM=rng.STREAM_RESIDUAL_DROPOUT, ROWS=BACKWARD_ROWS, CHUNK=chunk, FULL_ROW=full_row,
-        num_warps=BACKWARD_WARPS)
+        STREAM=rng.STREAM_RESIDUAL_DROPOUT, ROWS=BACKWARD_ROWS, CHUNK=BACKWARD_CHUNK, num_warps=BACKWARD_WARPS)
     d_gate = part[:, :, 3].sum(1) if residual else dx.new_empty(0)
     return dx, dy, part[:, :, 0].sum((0, 1)), part[:, :, 1].sum(1), part[:, :, 2].sum(1), d_gate
