@@ -54,11 +54,13 @@
 #   j  one GPU: the residual + LayerNorm kernel's GPU tests and its benchmark (backward settings
 #      swept), large and small at micro-batch 32; the rotary layouts (benchmarks/rotary_layouts.py),
 #      large and small
+#   l  one GPU: the GPU tests; the fused masked loss's benchmark, new and .whl/prev; the large model
+#      at the recipe's batch, new and .whl/prev; then the small model likewise
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|j|m|n|o|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|j|l|m|n|o|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -332,6 +334,14 @@ j)
   task rn-small 90 gpu0 rn_small.log python3 benchmarks/kernel_residual_norm.py --batch 32 --d 768 --results-dir "$OUT"
   task rotary-large 90 gpu0 rotary_large.log python3 benchmarks/rotary_layouts.py --results-dir "$OUT"
   task rotary-small 90 gpu0 rotary_small.log python3 benchmarks/rotary_layouts.py --d 768 --heads 12 --results-dir "$OUT"
+  ;;
+l)
+  task gpu-tests 200 gpu0 gpu_tests.log python3 -m pytest -q -p no:cacheprovider -m gpu tests
+  for v in new prev; do
+    WHEEL=$v task masked-loss-$v 60 gpu0 masked_loss_$v.log python3 benchmarks/kernel_masked_loss.py --results-dir "$OUT"
+  done
+  for v in new prev; do WARMUP=2 STEPS=4 task large-$v-g512 160 bench $v 1 large-$v-g512 owt_large.toml; done
+  for v in new prev; do WARMUP=3 STEPS=6 task small-$v-g512 100 bench $v 1 small-$v-g512 owt.toml; done
   ;;
 q)
   task cublaslt-epilogues 150 gpu0 cublaslt_epilogues.log python3 benchmarks/cublaslt_epilogues.py --results-dir "$OUT"
