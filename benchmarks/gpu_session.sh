@@ -56,11 +56,12 @@
 #      large and small
 #   l  one GPU: the GPU tests; the fused masked loss's benchmark, new and .whl/prev; the large model
 #      at the recipe's batch, new and .whl/prev; then the small model likewise
+#   i  one GPU: the small model at the recipe's batch, .whl/prev and new alternating, twice each
 #   g  one GPU: the large block's kernels (block_breakdown --profile) and its variants: bf16
 #      parameters, SDPA backends alone, Inductor's max-autotune GEMM templates
 # Carried: .whl/ (new/ = code under test, base/ = pre-kernel wheel, prev/ = any earlier wheel,
 # torchdata) and .bench/ (GPT-2 files, local-corpus token store).
-# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|j|l|m|n|o|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
+# Usage: bash benchmarks/gpu_session.sh a|d|k|b|h|c|p|x|s|e|v|f|g|i|j|l|m|n|o|r|t|w|y|z|q NEW_SHA BASE_SHA [SECONDS_AVAILABLE, default 580]
 set -uo pipefail
 PHASE=$1 NEW_SHA=$2 BASE_SHA=$3 LIMIT=${4:-580}
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -342,6 +343,11 @@ l)
   done
   for v in new prev; do WARMUP=2 STEPS=4 task large-$v-g512 160 bench $v 1 large-$v-g512 owt_large.toml; done
   for v in new prev; do WARMUP=3 STEPS=6 task small-$v-g512 100 bench $v 1 small-$v-g512 owt.toml; done
+  ;;
+i)
+  for round in 1 2; do
+    for v in prev new; do WARMUP=3 STEPS=6 task small-$v-g512-$round 100 bench $v 1 small-$v-g512-$round owt.toml; done
+  done
   ;;
 q)
   task cublaslt-epilogues 150 gpu0 cublaslt_epilogues.log python3 benchmarks/cublaslt_epilogues.py --results-dir "$OUT"
