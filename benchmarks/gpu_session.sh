@@ -10,10 +10,11 @@
 #   k  one GPU: the GPU tests, the kernel and sampling-latency benchmarks (issue 5)
 #   b  quiet machine: end-to-end training on one GPU, kernels wheel against the pre-kernel wheel,
 #      small (with the asynchronous-checkpoint stall) and large (issues 4 and 5; the new wheel's
-#      large also at the recipe's global batch of 512, in its micro-batches of 32 and in 16), then
-#      the small model in micro-batches of 64
-#   h  one H100: the new-wheel runs of b first, then k, then b's baselines (most needed first),
-#      then the small model with micro-batch 64
+#      large also at the recipe's global batch of 512, in its micro-batches of 32 and in 16, and
+#      small at 512), then the small model in micro-batches of 64
+#   h  one H100: the new-wheel runs of b first (and the small model at the recipe's global batch),
+#      then k, then b's baselines (most needed first), then the small model with micro-batch 64, then
+#      the profiled large step of phase o
 #   c  FSDP over 4 GPUs, small (micro-batch 32 and 64) and large (also the pre-kernel wheel, which
 #      synchronised every step, with parameters kept to backward), with their 1-GPU baselines in
 #      the same call; HSDP as 2 rendezvous "nodes" x 2 GPUs trains, then resumes
@@ -132,6 +133,12 @@ new_wheel_runs() {  # one GPU, the code under test
   WARMUP=2 STEPS=4 task large-kernels-g512 160 bench new 1 large-kernels-g512 owt_large.toml   # the recipe's batch
   WARMUP=2 STEPS=4 task large-kernels-g512-mb16 160 bench new 1 large-kernels-g512-mb16 owt_large.toml \
     train.micro_batch=16   # the recipe's micro-batch before the 11th session
+  WARMUP=3 STEPS=6 task small-kernels-g512 100 bench new 1 small-kernels-g512 owt.toml   # the recipe's batch
+}
+profile_large_mb32() {  # one GPU: a profiled large step of 4 micro-batches of 32, its trace kept (see the end)
+  mkdir -p /tmp/traces
+  task prof-large-mb32 200 bench new 1 large-mb32-profile owt_large.toml --profile 1 --trace /tmp/traces/large_mb32.json \
+    train.global_batch=128
 }
 baseline_runs() {  # one GPU, the pre-kernel wheel
   task small-baseline 150 bench base 1 small-baseline owt.toml train.global_batch=128 train.micro_batch=32
@@ -195,7 +202,7 @@ b)
   new_wheel_runs; baseline_runs; micro64_run
   ;;
 h)
-  new_wheel_runs; kernel_tasks; baseline_runs; micro64_run
+  new_wheel_runs; kernel_tasks; baseline_runs; micro64_run; profile_large_mb32
   ;;
 c)
   task small-1gpu 90 bench new 1 small-1gpu owt.toml train.global_batch=128 train.micro_batch=32
@@ -322,9 +329,7 @@ n)
   WARMUP=2 STEPS=4 task large-mb32-g512 160 bench new 1 large-mb32-g512 owt_large.toml train.micro_batch=32
   ;;
 o)
-  mkdir -p /tmp/traces
-  task prof-large-mb32 200 bench new 1 large-mb32-profile owt_large.toml --profile 1 --trace /tmp/traces/large_mb32.json \
-    train.global_batch=128
+  profile_large_mb32
   task blocks-large-mb32 100 gpu0 blocks_large_mb32.log python3 benchmarks/block_breakdown.py --size large --batch 32 \
     --variants block --profile --results-dir "$OUT"
   task copies-identity 60 gpu0 copies_identity.log python3 benchmarks/weight_copies_identity.py --results-dir "$OUT"
@@ -378,7 +383,7 @@ for f in sorted(glob.glob(os.environ["OUT"] + "/*/*.json")):
                                if not isinstance(v, (dict, list))})
 PY
 cd "$OUT" && tar czf /tmp/$PHASE.tgz --exclude="$PHASE.tgz" . && find . -mindepth 1 -delete && mv /tmp/$PHASE.tgz .
-for t in /tmp/traces/*.json; do   # traces (phase o) come back beside the archive, gzipped, if small enough
+for t in /tmp/traces/*.json; do   # traces (phases o, h) come back beside the archive, gzipped, if small enough
   [ -e "$t" ] || continue
   gzip -f "$t" && [ "$(stat -c %s "$t.gz")" -lt $((15 << 20)) ] && cp "$t.gz" "$OUT/" || echo "$t.gz: not kept"
 done
