@@ -114,7 +114,8 @@ def main() -> None:
               f"{results[name]['non_attention_kernels_ms']:.3f} ms, identical {results[name]['bit_identical_to_permute_select']}")
         for kernel, (ms, count) in rest.items():
             print(f"    {ms:.3f} ms x {count:.0f}  {kernel[:100]}")
-    write_result("rotary_layouts", "", vars(args), results, out_dir=args.results_dir)
+    config = {k: v for k, v in vars(args).items() if k != "results_dir"}
+    write_result("rotary_layouts", "", config, results, out_dir=args.results_dir)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def load_trace(path: str | Path) -> dict:
 
 def _launch_contexts(host_ops: list[dict], launches: list[dict]) -> dict[int, list[str]]:
     """For each launch (by correlation id), the names of the host ops open on its thread when it
-    ran, outermost first: one sweep per thread over ops (outer before inner) and launches by time."""
+    ran, outermost first: one sweep per thread over ops (outer before inner) and launches by time,
+    dropping every op that has ended (also one under a later op that it only overlaps)."""
     threads = defaultdict(list)
     for op in host_ops:
         threads[(op["pid"], op["tid"])].append((op["ts"], 0, -op.get("dur", 0), op))
@@ -48,8 +49,7 @@ def _launch_contexts(host_ops: list[dict], launches: list[dict]) -> dict[int, li
     for items in threads.values():
         stack = []
         for ts, is_launch, _, event in sorted(items, key=lambda item: item[:3]):
-            while stack and stack[-1]["ts"] + stack[-1].get("dur", 0) <= ts:
-                stack.pop()
+            stack = [op for op in stack if op["ts"] + op.get("dur", 0) > ts]
             if is_launch:
                 contexts[event["args"]["correlation"]] = [op["name"] for op in stack]
             else:
@@ -65,7 +65,8 @@ def _region(names: list[str]) -> str:
             return region
     if not names:
         return "other: no host op"
-    node = next((n.split(": ", 1)[1] for n in names if n.startswith("autograd::engine::evaluate_function")), None)
+    node = next((n.split(": ", 1)[1] for n in reversed(names)
+                 if n.startswith("autograd::engine::evaluate_function")), None)
     return f"other: {names[-1]}" + (f" in {node}" if node and node != names[-1] else "")
 
 
@@ -113,8 +114,9 @@ def summarize(trace: dict, top: int = 12) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"kernel span {summary['span_ms']:.1f} ms, GPU busy {summary['busy_ms']:.1f} ms "
-             f"({summary['busy_ms'] / summary['span_ms']:.1%}), gaps {summary['gaps_ms']:.1f} ms"]
+    share = summary["busy_ms"] / summary["span_ms"] if summary["span_ms"] else 1.0
+    lines = [f"kernel span {summary['span_ms']:.1f} ms, GPU busy {summary['busy_ms']:.1f} ms ({share:.1%}), "
+             f"gaps {summary['gaps_ms']:.1f} ms"]
     for name, r in summary["regions"].items():
         lines.append(f"{r['ms']:10.2f} ms {r['count']:7d} kernels  {name}")
     return "\n".join(lines)

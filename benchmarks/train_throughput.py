@@ -124,8 +124,12 @@ def main() -> None:
     if args.profile:
         metrics["profile_table"] = _profile(trainer, args.profile, dist.is_main, args.trace)
         if args.trace and dist.is_main and device.type == "cuda":
-            summary = summarize(load_trace(args.trace))
-            print(format_summary(summary))
+            try:
+                summary = summarize(load_trace(args.trace))
+            except (OSError, ValueError, KeyError) as err:   # the timed result is still written
+                summary = {"error": f"{type(err).__name__}: {err}"}
+            else:
+                print(format_summary(summary))
             metrics["trace_summary"] = summary
     if dist.is_main:
         path = write_result("train_throughput", args.recipe, config, metrics, world_size=dist.world_size,

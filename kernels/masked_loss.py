@@ -17,8 +17,8 @@ Measured (benchmarks/kernel_masked_loss.py, one H100, d 768, N = 16384, V 50258,
 Per chunk of rows: cuBLAS computes the chunk's logits in the input dtype; a row kernel takes a
 float32 online logsumexp, writes the row's weighted loss and overwrites the logits in place with
 their weighted gradient; two matmuls and a column sum turn that into the chunk's share of grad h,
-grad W (added into a float32 accumulator by the GEMM itself, as GemmGradLinear's weight gradients
-are) and grad b. Gradients are thus computed in the forward (Liger-Kernel's
+grad W (added into a float32 accumulator: on CUDA by the GEMM itself, as GemmGradLinear's weight
+gradients are; elsewhere after an upcast) and grad b. Gradients are thus computed in the forward (Liger-Kernel's
 scheme) and the backward only scales them by the incoming gradient; no logits outlive a chunk.
 Row kernels: Triton (masked_loss_triton.py; on CPU through TRITON_INTERPRET=1) or the eager
 PyTorch references below. backend "auto" = Triton on CUDA tensors, eager otherwise.

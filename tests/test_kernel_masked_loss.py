@@ -99,16 +99,18 @@ def test_several_chunks_match_one(backend, monkeypatch):
     _assert_all_close(_value_and_grads(fused_masked_nll(*args), (h, w, b)), one)
 
 
-def test_bf16_weight_gradient_is_summed_over_chunks_in_float32(monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_bf16_weight_gradient_is_summed_over_chunks_in_float32(monkeypatch, device):
     """With bf16 rows and a float32 head (autocast's case), each chunk's weight-gradient product is
-    added into the float32 gradient unrounded: the float64 sum of the chunks' bf16 logit
-    gradients times their rows, to float32 rounding (a bf16-rounded product per chunk is ~1e-3 off)."""
-    rows, d, vocab, pad, mask_id = SHAPES["small"]
-    h, w, b, targets, weights = _problem(*SHAPES["small"], seed=4)
+    added into the float32 gradient unrounded (on CUDA inside the GEMM): the float64 sum of the
+    chunks' bf16 logit gradients times their rows, to float32 rounding (a bf16-rounded product per
+    chunk is ~1e-3 off)."""
+    rows, _, vocab, _, mask_id = SHAPES["small"]
+    h, w, b, targets, weights = _problem(*SHAPES["small"], seed=4, device=device)
     h16 = h.detach().bfloat16().requires_grad_()
     monkeypatch.setattr(masked_loss, "CHUNK_BYTES", 10 * w.shape[0] * 2)   # 10 bf16 rows a chunk: 5 chunks
     grad_w, = torch.autograd.grad(fused_masked_nll(h16, w, b, targets, weights, mask_id, vocab, "eager"), (w,))
-    want = torch.zeros(w.shape, dtype=torch.float64, device=DEVICE)
+    want = torch.zeros(w.shape, dtype=torch.float64, device=device)
     for start in range(0, rows, 10):
         h_c = h16.detach()[start:start + 10]
         logits = torch.addmm(b.detach().bfloat16(), h_c, w.detach().bfloat16().t())

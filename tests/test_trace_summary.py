@@ -65,6 +65,26 @@ def test_span_busy_time_and_gaps_count_overlaps_once():
     assert "GPU busy 0.9 ms (78.3%)" in format_summary(s)
 
 
+def test_a_launch_belongs_to_the_ops_open_on_its_own_thread_only():
+    """Equal starts nest the longer op outside; an op ending at the launch's time, an op that only
+    overlaps the one open now, and an op open on another thread do not enclose it; the innermost
+    autograd node names a backward launch."""
+    events = [
+        _op("outer", 0, 100), _op("inner", 0, 50), _launch(1, 10),          # equal starts: inner is innermost
+        _op("ended", 100, 20), _launch(2, 120),                              # ends exactly at the launch
+        _op("imdm::masked_nll", 200, 100), _op("overlapping", 250, 100), _launch(3, 320),   # the loss ended at 300
+        _op("other thread", 400, 100, tid=2), _launch(4, 450),
+        _op("autograd::engine::evaluate_function: CheckpointFunctionBackward", 600, 100, tid=2),
+        _op("autograd::engine::evaluate_function: MmBackward0", 610, 50, tid=2), _op("aten::mm", 615, 10, tid=2),
+        _launch(5, 620, tid=2),
+        *(_kernel(f"k{i}", i, 1000 + 10 * i, 5) for i in range(1, 6)),
+    ]
+    regions = summarize({"traceEvents": events})["regions"]
+    assert set(regions) == {"other: inner", "other: no host op", "other: overlapping",
+                            "other: aten::mm in MmBackward0"}
+    assert regions["other: no host op"]["top_kernels"].keys() == {"k2", "k4"}
+
+
 def test_a_kernel_whose_launch_is_missing_is_reported_as_such():
     trace = _trace()
     trace["traceEvents"] = [e for e in trace["traceEvents"] if e.get("args", {}).get("correlation") != 3
