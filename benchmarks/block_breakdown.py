@@ -23,6 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from benchmarks.gpu_timing import time_ms  # noqa: E402
 from benchmarks.results_io import write_result  # noqa: E402
+from imdm.models.attention import split_heads  # noqa: E402
 from imdm.models.dit import DiTBlock, DiTConfig  # noqa: E402
 from imdm.models.gemm_grad_linear import frozen_weight_copies, keep_weight_grads  # noqa: E402
 from imdm.models.layers import rotary_tables  # noqa: E402
@@ -41,7 +42,7 @@ class MatmulsAndAttention(nn.Module):
 
     def forward(self, x, c, cos, sin):
         b, l, d = x.shape
-        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = split_heads(self.qkv(x), self.n_heads)
         y = self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, l, d))
         return self.down(self.up(y))
 
@@ -55,8 +56,7 @@ class AttentionOnly(nn.Module):
 
     def forward(self, x, c, cos, sin):
         b, l, d = x.shape
-        qkv = x.to(torch.bfloat16).repeat(1, 1, 3).view(b, l, 3, self.n_heads, d // self.n_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        q, k, v = split_heads(x.to(torch.bfloat16).repeat(1, 1, 3), self.n_heads)
         with sdpa_kernel([self.backend]):
             return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, l, d)
 

@@ -4,7 +4,7 @@ backward of qkv -> rotary q, k (and v) -> cuDNN attention -> [B, L, d], compiled
 way's time, the time of its kernels other than attention's, those kernels by name, and whether its
 outputs and qkv gradient equal the model's own formulation's bit for bit.
 
-    permute_select   the model's SelfAttention today: view, permute(2, 0, 3, 1, 4), unpack
+    permute_select   the model's SelfAttention (imdm.models.attention.split_heads, then rotary)
     unbind           view, unbind(2), transpose(1, 2): autograd's backward stacks the gradients
     explicit_stack   a custom autograd.Function whose backward rotates dq, dk back and stacks
                      them with dv straight into the qkv gradient's layout
@@ -27,13 +27,12 @@ from torch.nn.attention import sdpa_kernel  # noqa: E402
 from benchmarks.block_breakdown import kernel_table  # noqa: E402
 from benchmarks.gpu_timing import time_ms  # noqa: E402
 from benchmarks.results_io import write_result  # noqa: E402
-from imdm.models.attention import SDPA_PRIORITY  # noqa: E402
+from imdm.models.attention import SDPA_PRIORITY, split_heads  # noqa: E402
 from imdm.models.layers import apply_rotary, rotary_tables  # noqa: E402
 
 
 def permute_select(qkv, heads, cos, sin):
-    b, l, three_d = qkv.shape
-    q, k, v = qkv.view(b, l, 3, heads, three_d // (3 * heads)).permute(2, 0, 3, 1, 4)
+    q, k, v = split_heads(qkv, heads)
     return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
 

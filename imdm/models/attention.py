@@ -33,6 +33,13 @@ def _flash_attn(q, k, v, softcap: float):
     return out.transpose(1, 2)
 
 
+def split_heads(qkv: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused projection's output [B, L, 3d] as q, k, v [B, H, L, d / H] (views)."""
+    b, l, three_d = qkv.shape
+    q, k, v = qkv.view(b, l, 3, n_heads, three_d // (3 * n_heads)).permute(2, 0, 3, 1, 4)
+    return q, k, v
+
+
 class SelfAttention(nn.Module):
     """Fused QKV (no bias) -> optional QK-norm -> rotary -> attention -> output (no bias)."""
 
@@ -49,7 +56,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x [B, L, d] -> [B, L, d]; cos, sin [L, head_dim] rotary tables (imdm.models.layers.rotary_tables)."""
         b, l, d = x.shape
-        q, k, v = self.qkv(x).view(b, l, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = split_heads(self.qkv(x), self.n_heads)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
