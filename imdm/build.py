@@ -1,4 +1,5 @@
-"""Turn a validated Recipe into objects: dataset, model, algorithm, sampler settings."""
+"""Turn a validated Recipe into objects: dataset, vocabulary, model, and through the algorithm
+registry the process, the training objective and the sampler settings."""
 
 from __future__ import annotations
 
@@ -6,15 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from imdm.algorithms.masked_diffusion import ROW_BUCKET_CUDA, MaskedDiffusion
-from imdm.algorithms.redi import Rectification
-from imdm.algorithms.sdtt import Distillation, Rounds
+from imdm.algorithms import registry
+from imdm.algorithms.protocol import Objective, Process
 from imdm.data.synthetic import SyntheticRepeat
-from imdm.diffusion.schedule import make_schedule
 from imdm.models.dit import DiT, DiTConfig
-from imdm.models.mask_state import MaskStateConfig
 from imdm.recipe import Recipe
-from imdm.sampling.ancestral import SamplerSettings
 
 STREAM_INIT = 11
 
@@ -69,15 +66,13 @@ def build_vocabulary(recipe: Recipe) -> Vocabulary:
 
 
 def model_config(recipe: Recipe, vocab_size: int, mask_id: int) -> DiTConfig:
+    """The network's configuration: the recipe's [model], and what the algorithm sets."""
     m, a = recipe.model, recipe.algorithm
     d_model, n_blocks, n_heads = m.dims()
-    mask_state = None
-    if a.name == "imdm":
-        mask_state = MaskStateConfig(a.noise_dim, a.noise_kind, a.noise_scale, a.num_masks)
     return DiTConfig(vocab_size=vocab_size, mask_id=mask_id, d_model=d_model, n_blocks=n_blocks,
                      n_heads=n_heads, cond_dim=m.cond_dim, dropout=m.dropout, attention=m.attention,
                      softcap=m.softcap, qk_norm=m.qk_norm, vocab_pad_multiple=m.vocab_pad_multiple,
-                     time_conditioning=a.time_conditioning, mask_state=mask_state)
+                     time_conditioning=a.time_conditioning, **registry.process_spec(recipe).model_options(recipe))
 
 
 def build_model(recipe: Recipe, vocab_size: int, mask_id: int, device: torch.device | str = "cpu") -> DiT:
@@ -89,27 +84,26 @@ def build_model(recipe: Recipe, vocab_size: int, mask_id: int, device: torch.dev
     return model.to(device)
 
 
-def build_algorithm(recipe: Recipe, mask_id: int, device: torch.device | str = "cpu") -> MaskedDiffusion:
-    a = recipe.algorithm
-    cuda = torch.device(device).type == "cuda"
-    return MaskedDiffusion(make_schedule(a.noise_schedule, a.schedule_eps), mask_id, recipe.run.seed, a.antithetic,
-                           fused_loss=cuda, row_bucket=ROW_BUCKET_CUDA if cuda else 1)
+def build_process(recipe: Recipe, mask_id: int, device: torch.device | str = "cpu") -> Process:
+    """The recipe's generative process (algorithm.name): sampling and its own bound."""
+    return registry.process_spec(recipe).build(registry.ProcessContext(recipe, mask_id, device))
 
 
-def build_distillation(recipe: Recipe, base: MaskedDiffusion, teacher: torch.nn.Module) -> Distillation:
-    """SDTT / IM-SDTT around `base` with `teacher`, a frozen model built like the student."""
-    d = recipe.distill
-    return Distillation(base, teacher, Rounds(d.round_steps, d.teacher_steps), d.divergence)
+def build_objective(recipe: Recipe, process: Process, make_teacher) -> Objective:
+    """The recipe's training objective (algorithm.objective) around `process`; `make_teacher()`
+    builds a frozen model like the student, for objectives that distil."""
+    spec = registry.process_spec(recipe)
+    return registry.objective_spec(recipe).build(registry.ObjectiveContext(recipe, process, spec, make_teacher))
 
 
-def build_rectification(recipe: Recipe, base: MaskedDiffusion) -> Rectification:
-    """ReDi / IM-ReDi around `base`: the loss on coupling batches."""
-    return Rectification(base, recipe.algorithm.ignore_seed)
+def sampler_settings(recipe: Recipe, steps: int):
+    """The settings the process's `sample` takes for `steps` reverse steps."""
+    return registry.process_spec(recipe).sampler_settings(recipe, steps)
 
 
-def sampler_settings(recipe: Recipe, steps: int) -> SamplerSettings:
-    s = recipe.sampling
-    posterior = s.posterior if s.posterior != "auto" else recipe.algorithm.name
-    return SamplerSettings(steps=steps, posterior=posterior, fix_eps=s.fix_eps,
-                           cached=s.cached and not recipe.algorithm.time_conditioning,
-                           temperature=s.temperature, top_p=s.top_p, kernel=s.kernel)
+def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    """bf16 under `train.precision` bf16, or auto on a GPU; None: no autocast."""
+    p = recipe.train.precision
+    if p == "bf16" or (p == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None

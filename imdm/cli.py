@@ -17,7 +17,7 @@ def _split_recipe_and_overrides(items: list[str]) -> tuple[str, list[str]]:
 
 
 def cmd_check(args) -> int:
-    from imdm.recipe.loader import load_recipe
+    from imdm.algorithms.registry import load_recipe, method_label
     recipe_path, overrides = _split_recipe_and_overrides(args.items)
     recipe = load_recipe(recipe_path, overrides, world_size=args.world_size)
     d, b, h = recipe.model.dims()
@@ -26,14 +26,14 @@ def cmd_check(args) -> int:
         print(f"{recipe_path}: ok (imdm couplings: {c.num} {c.start} couplings of {recipe.data.source} data, "
               f"completed by run '{c.teacher_run}' in {c.steps} steps)")
         return 0
-    print(f"{recipe_path}: ok ({recipe.algorithm.method}, model {recipe.model.size} d={d} blocks={b} heads={h}, "
+    print(f"{recipe_path}: ok ({method_label(recipe)}, model {recipe.model.size} d={d} blocks={b} heads={h}, "
           f"{recipe.train.steps} steps of {recipe.train.global_batch} sequences)")
     return 0
 
 
 def cmd_train(args) -> int:
+    from imdm.algorithms.registry import load_recipe
     from imdm.parallel.distributed import init_distributed, launcher_world_size, shutdown
-    from imdm.recipe.loader import load_recipe
     recipe_path, overrides = _split_recipe_and_overrides(args.items)
     recipe = load_recipe(recipe_path, overrides, world_size=launcher_world_size())
     from imdm.train.trainer import Trainer
@@ -49,8 +49,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_couplings(args) -> int:
+    from imdm.algorithms.registry import load_recipe
     from imdm.parallel.distributed import init_distributed, shutdown
-    from imdm.recipe.loader import load_recipe
     recipe_path, overrides = _split_recipe_and_overrides(args.items)
     recipe = load_recipe(recipe_path, overrides)   # the training layout does not constrain generation
     from imdm.couplings import generate_couplings
@@ -79,7 +79,7 @@ def cmd_pipeline(args) -> int:
 
 
 def _device(name: str):
-    from imdm.parallel.distributed import pick_device
+    from imdm.devices import pick_device
     return pick_device(name)
 
 
@@ -89,11 +89,11 @@ def cmd_sample(args) -> int:
     from imdm.run_loading import load_run
     run = load_run(args.run_dir, _device(args.device), args.overrides)
     s = run.recipe.sampling
-    settings = sampler_settings(run.recipe, args.steps or s.steps[-1])
+    steps = args.steps or s.steps[-1]
     seeds = generation_seeds(s.seed, 0, args.num_samples)
-    result = run.algorithm.sample(run.model, settings, seeds.to(run.model.token_embed.device),
-                                  run.recipe.data.seq_len)
-    out = {"run_dir": str(args.run_dir), "step": run.step, "steps": settings.steps, "nfe": result.nfe,
+    result = run.process.sample(run.model, sampler_settings(run.recipe, steps),
+                                seeds.to(run.model.token_embed.device), run.recipe.data.seq_len)
+    out = {"run_dir": str(args.run_dir), "step": run.step, "steps": steps, "nfe": result.nfe,
            "samples": result.tokens.cpu().tolist()}
     if run.vocab.tokenizer is not None:
         out["text"] = [run.vocab.tokenizer.decode(ids) for ids in out["samples"]]
@@ -115,12 +115,13 @@ def cmd_eval(args) -> int:
     run = load_run(args.run_dir, device, args.overrides)
     from imdm.build import data_origin
     if data_origin(run.recipe) == "synthetic":
-        rows = [{"method": run.recipe.algorithm.method, "num_samples": run.recipe.sampling.num_samples, **row}
-                for row in evaluate_synthetic(run.recipe, run.model, run.algorithm, device)]
+        from imdm.algorithms.registry import method_label
+        rows = [{"method": method_label(run.recipe), "num_samples": run.recipe.sampling.num_samples, **row}
+                for row in evaluate_synthetic(run.recipe, run.model, run.process, device)]
         table = format_table(rows, run.recipe.data.vocab_size, run.recipe.data.seq_len)
     else:
         from imdm.eval.perplexity import evaluate_text
-        rows = evaluate_text(run.recipe, run.model, run.algorithm, device)
+        rows = evaluate_text(run.recipe, run.model, run.process, device)
         table = "\n".join([f"{'set':<14}{'sequences':>10}{'tokens':>10}{'nelbo':>9}{'ppl <=':>12}"] +
                           [f"{r['set']:<14}{r['sequences']:>10}{r['tokens']:>10}{r['nelbo']:>9.4f}{r['ppl']:>12.2f}"
                            for r in rows])
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         from imdm.data.local_text import DataSourceError
         from imdm.data.tokenizer import TokenizerError
-        from imdm.train.checkpoint import CheckpointError
+        from imdm.parallel.checkpoint import CheckpointError
         if isinstance(err, (CheckpointError, DataSourceError, TokenizerError)):
             print(f"error: {err}", file=sys.stderr)
             return 2

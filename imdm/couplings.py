@@ -1,4 +1,4 @@
-"""Coupling generation for ReDi / IM-ReDi (SPEC section 4): training sequence i (in a fixed
+"""Coupling generation for ReDi / IM-ReDi (docs/method.md section 4): training sequence i (in a fixed
 seeded order) gets a seed s_i from (generation seed, i); t_i ~ U(0, 1) mapped into the
 schedule's range [1e-3, 1] and the mask of z_t = q(z_t | x_i) derive from s_i, and the
 teacher's ancestral sampler completes z_t from t_i with s_i as its sample seed (so its starting
@@ -17,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from imdm import rng
-from imdm.build import build_dataset, sampler_settings
+from imdm.algorithms.registry import process_spec
+from imdm.build import autocast_dtype, build_dataset, sampler_settings
 from imdm.data.coupling_store import FORMAT_VERSION, CouplingWriter, coupling_path, create_coupling_set
 from imdm.data.order import GlobalBatchOrder
 from imdm.diffusion.forward_process import apply_mask, mask_positions
@@ -27,7 +28,6 @@ from imdm.recipe import Recipe, RecipeError
 from imdm.recipe.writer import recipe_to_toml
 from imdm.run_loading import LoadedRun, load_named_run
 from imdm.sampling.ancestral import SamplerSettings, generation_seeds
-from imdm.train.trainer import autocast_dtype
 
 FAIL_AFTER_ENV = "IMDM_COUPLINGS_FAIL_AFTER"
 
@@ -46,11 +46,11 @@ def coupling_starts(seeds: torch.Tensor, clean: torch.Tensor | None, schedule, m
 
 
 @torch.no_grad()
-def complete(algorithm, model: torch.nn.Module, settings: SamplerSettings, seeds: torch.Tensor, z: torch.Tensor,
+def complete(process, model: torch.nn.Module, settings: SamplerSettings, seeds: torch.Tensor, z: torch.Tensor,
              t: torch.Tensor) -> torch.Tensor:
     """The teacher's completion of every z_t from its own t (one grid per sample), with the
     sample's seed."""
-    return algorithm.sample(model, settings, seeds, z.shape[1], start=z, t_start=t).tokens
+    return process.sample(model, settings, seeds, z.shape[1], start=z, t_start=t).tokens
 
 
 def _maybe_fail(chunks_written: int, rank: int) -> None:
@@ -73,8 +73,8 @@ def _chunk(recipe: Recipe, teacher: LoadedRun, settings: SamplerSettings, datase
     if c.start == "perturbed":
         clean, valid = dataset.rows(torch.cat([order.global_rows(i) for i in index]))
         length = valid.sum(dim=1, dtype=torch.int32)
-    t, z = coupling_starts(seeds, clean, teacher.algorithm.schedule, dataset.mask_id, dataset.seq_len, c.start)
-    x0 = complete(teacher.algorithm, teacher.model, settings, seeds.to(device), z.to(device), t)
+    t, z = coupling_starts(seeds, clean, teacher.process.schedule, dataset.mask_id, dataset.seq_len, c.start)
+    x0 = complete(teacher.process, teacher.model, settings, seeds.to(device), z.to(device), t)
     if bool((x0 == dataset.mask_id).any()):
         raise RuntimeError(f"couplings {index.start}..{index.stop - 1}: the teacher left masked positions")
     return {"z": z, "x0": x0, "t": t, "seed": seeds, "length": length}
@@ -87,7 +87,7 @@ def _manifest(recipe: Recipe, teacher: LoadedRun, dataset, settings: SamplerSett
     return {"format_version": FORMAT_VERSION, "num": c.num, "chunk": c.chunk, "seq_len": dataset.seq_len,
             "model_vocab": dataset.model_vocab, "mask_id": dataset.mask_id,
             "teacher": {"run": c.teacher_run, "checkpoint": teacher.checkpoint.name, "step": teacher.step,
-                        "mask_states": teacher.model.mask_state is not None,
+                        "mask_states": process_spec(teacher.recipe).mask_states,
                         "algorithm": dataclasses.asdict(teacher.recipe.algorithm)},
             "generation": {"seed": c.seed, "steps": c.steps, "start": c.start, "precision": precision,
                            "sampler": dataclasses.asdict(settings)},

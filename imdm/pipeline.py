@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imdm.recipe import Recipe, RecipeError
-from imdm.recipe.loader import load_recipe, read_toml
+from imdm.algorithms.registry import load_recipe
+from imdm.recipe.loader import read_toml
 
 COMMANDS = ("train", "couplings")
 PIPELINE_KEYS = {"output_dir"}
@@ -105,7 +106,7 @@ def stage_finished(stage: Stage) -> bool:
         from imdm.data.coupling_store import coupling_path, read_manifest
         manifest = read_manifest(coupling_path(stage.recipe.run.output_dir, stage.name))
         return bool(manifest and manifest.get("complete"))
-    from imdm.train.checkpoint import checkpoint_step, latest_checkpoint
+    from imdm.parallel.checkpoint import checkpoint_step, latest_checkpoint
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     return ckpt is not None and checkpoint_step(ckpt) >= stage.recipe.train.steps
 

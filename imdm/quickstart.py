@@ -9,7 +9,7 @@ from pathlib import Path
 
 from imdm.eval.synthetic_eval import evaluate_synthetic
 from imdm.parallel.distributed import init_distributed
-from imdm.recipe.loader import load_recipe
+from imdm.algorithms.registry import load_recipe
 from imdm.run_loading import load_run
 from imdm.train.trainer import Trainer
 
@@ -37,7 +37,7 @@ def run_quickstart(output_dir: str, recipe_path: str = "builtin:quickstart", ove
                              world_size=dist.world_size)
         Trainer(recipe, dist).fit()
         run = load_run(Path(output_dir) / recipe.run.name, dist.device)
-        for row in evaluate_synthetic(run.recipe, run.model, run.algorithm, dist.device):
+        for row in evaluate_synthetic(run.recipe, run.model, run.process, dist.device):
             rows.append({"method": method, "num_samples": recipe.sampling.num_samples, **row})
     (Path(output_dir) / "quickstart.json").write_text(json.dumps(rows, indent=1))
     print(format_table(rows, recipe.data.vocab_size, recipe.data.seq_len))

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from imdm.algorithms.masked_diffusion import MaskedDiffusion
-from imdm.build import Vocabulary, build_algorithm, build_model, build_vocabulary
+from imdm.algorithms.protocol import Process
+from imdm.algorithms.registry import load_recipe
+from imdm.build import Vocabulary, build_model, build_process, build_vocabulary
 from imdm.recipe import Recipe
-from imdm.recipe.loader import load_recipe
-from imdm.train.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, load_checkpoint
-from imdm.train.ema import EMA
+from imdm.parallel.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, load_checkpoint
+from imdm.parallel.ema import EMA
 
 
 @dataclass
@@ -21,7 +21,7 @@ class LoadedRun:
     recipe: Recipe
     vocab: Vocabulary
     model: torch.nn.Module
-    algorithm: MaskedDiffusion
+    process: Process
     step: int
     checkpoint: Path
 
@@ -45,7 +45,7 @@ def load_run(run_dir: str | Path, device: torch.device, overrides=()) -> LoadedR
     state = load_checkpoint(ckpt, {"ema": ema.state_dict()})
     ema.load_state_dict(state["ema"])
     ema.copy_to(model)
-    return LoadedRun(recipe, vocab, model.eval(), build_algorithm(recipe, vocab.mask_id, device),
+    return LoadedRun(recipe, vocab, model.eval(), build_process(recipe, vocab.mask_id, device),
                      checkpoint_step(ckpt), ckpt)
 
 

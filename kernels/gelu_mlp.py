@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from imdm.models.gemm_grad_linear import accumulate_weight_grad, matmul_weight
-from imdm.models.layers import compute_dtype
+from imdm.kernels.precision import compute_dtype
+from imdm.kernels.weight_grad import accumulate_weight_grad, matmul_weight
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _CUBIC = 0.044715

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from imdm.kernels.backend import use_triton as wants_triton   # `use_triton` is an op argument here
-from imdm.models.gemm_grad_linear import accumulate_weight_grad
+from imdm.kernels.weight_grad import accumulate_weight_grad
 
 CHUNK_BYTES = 1 << 30   # logits buffers of one chunk: 8192 rows of bf16 GPT-2 logits for the NLL
 DIVERGENCES = ("kl_bwd", "kl_fwd")

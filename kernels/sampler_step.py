@@ -1,4 +1,4 @@
-"""Fused reverse step of the MDLM / IMDM ancestral sampler (SPEC sections 1-2).
+"""Fused reverse step of the MDLM / IMDM ancestral sampler (docs/method.md sections 1-2).
 
 Fuses, per position and in one kernel over the raw logits [B, L, V] (bf16, fp16 or fp32):
 SUBS (mask logit excluded, clean positions copied), temperature, nucleus top-p, the MDLM or
@@ -24,7 +24,7 @@ import torch
 
 from imdm import rng
 from imdm.kernels.backend import use_triton
-from imdm.sampling.categorical import categorical_from_uniform, shape_probs
+from imdm.diffusion.categorical import categorical_from_uniform, shape_probs
 
 
 

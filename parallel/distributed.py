@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from imdm.devices import pick_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -25,15 +27,6 @@ class DistInfo:
 def launcher_world_size() -> int:
     """WORLD_SIZE as set by torchrun (1 without a launcher)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    """'auto' takes the GPU when there is one; 'cuda' without one is an error."""
-    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device = 'cuda' but no CUDA device is visible")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def init_distributed(device_preference: str) -> DistInfo:
@@ -56,13 +49,6 @@ def _attempt_store(world: int, rank: int) -> dist.Store:
     hosted_by_agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "False") == "True"
     store = dist.TCPStore(host, port, world, is_master=rank == 0 and not hosted_by_agent, wait_for_workers=False)
     return dist.PrefixStore(f"imdm/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
-
-
-def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a CPU tensor to `device` without synchronising the stream (pinned, non-blocking on GPU)."""
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def barrier() -> None:

@@ -6,7 +6,7 @@ import math
 import torch
 
 from imdm import rng
-from imdm.sampling.categorical import categorical_from_uniform, shape_probs
+from imdm.diffusion.categorical import categorical_from_uniform, shape_probs
 
 
 def _uniforms(n: int, seed: int = 1) -> torch.Tensor:

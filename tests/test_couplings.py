@@ -18,7 +18,7 @@ from imdm.data.order import GlobalBatchOrder
 from imdm.data.synthetic import SyntheticRepeat
 from imdm.build import sampler_settings
 from imdm.parallel.distributed import init_distributed
-from imdm.recipe import recipe_from_dict
+from imdm.algorithms.registry import recipe_from_dict
 from imdm.recipe.writer import recipe_to_toml
 from imdm.run_loading import load_run
 from imdm.sampling.ancestral import generation_seeds
@@ -124,7 +124,7 @@ def test_teacher_completion_keeps_clean_positions_and_fills_every_mask(runs):
     teacher = load_run(runs / "teacher", torch.device("cpu"))
     settings = sampler_settings(teacher.recipe, 8)
     i = int(np.argmax(masked.sum(1)))
-    again = teacher.algorithm.sample(teacher.model, settings, torch.from_numpy(pairs["seed"][i:i + 1]), 6,
+    again = teacher.process.sample(teacher.model, settings, torch.from_numpy(pairs["seed"][i:i + 1]), 6,
                                      start=torch.from_numpy(z[i:i + 1]), t_start=float(t[i])).tokens
     assert again[0].tolist() == x0[i].tolist()               # the stored seed reproduces the completion
 

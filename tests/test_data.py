@@ -19,7 +19,7 @@ from imdm.data.order import GlobalBatchOrder
 from imdm.data.packing import WrapPacker, pad_pack
 from imdm.data.text_dataset import open_text_dataset
 from imdm.data.tokenizer import TokenizerError, load_tokenizer
-from imdm.recipe import recipe_from_dict
+from imdm.algorithms.registry import recipe_from_dict
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GPT2 = str(SHARED / "tokenizers" / "gpt2")

@@ -1,4 +1,4 @@
-"""Schedules, training times, SUBS, the NELBO and the posterior weights against SPEC."""
+"""Schedules, training times, SUBS, the NELBO and the posterior weights against docs/method.md."""
 
 import math
 
@@ -64,7 +64,6 @@ class _FixedLogits(torch.nn.Module):
     def __init__(self, table):
         super().__init__()
         self.table = table
-        self.mask_state = None
 
     def forward(self, z, noise, sigma, select, noise_index=None):
         return self.table[: z.shape[1]].expand(z.shape[0], -1, -1)[select]

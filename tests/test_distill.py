@@ -22,11 +22,12 @@ from imdm.build import build_model, sampler_settings
 from imdm.diffusion.schedule import LogLinearSchedule
 from imdm.diffusion.times import T_MIN
 from imdm.parallel.distributed import init_distributed
-from imdm.recipe import RecipeError, load_recipe, recipe_from_dict
+from imdm.algorithms.registry import load_recipe, method_label, recipe_from_dict
+from imdm.recipe import RecipeError
 from imdm.recipe.schema import DIVERGENCES
 from imdm.run_loading import load_run
-from imdm.train.checkpoint import CheckpointError, load_checkpoint
-from imdm.train.ema import named_parameters
+from imdm.parallel.checkpoint import CheckpointError, load_checkpoint
+from imdm.parallel.ema import named_parameters
 from imdm.train.init_from_run import load_ema_weights
 from imdm.train.trainer import Trainer
 
@@ -163,7 +164,7 @@ def test_teacher_padding_rows_never_enter_the_second_call():
 
 
 def _distillation(student, rounds=Rounds(2, 8), kind="kl_bwd"):
-    base = MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5)
+    base = MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5, mask_state=student.cfg.mask_state)
     return Distillation(base, copy.deepcopy(student), rounds, kind)
 
 
@@ -182,7 +183,7 @@ def test_row_buckets_leave_the_sdtt_loss_and_gradients_unchanged(algo):
     valid[2, 3:] = valid[5, 1:] = False
     results = []
     for bucket in (1, 16, 7):
-        base = MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5, row_bucket=bucket)
+        base = MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5, mask_state=student.cfg.mask_state, row_bucket=bucket)
         distill = Distillation(base, copy.deepcopy(teacher), Rounds(2, 4))
         student.zero_grad()
         loss = distill.loss(student, x0, index, 8, step=1, valid=valid)
@@ -209,7 +210,7 @@ def test_sdtt_tells_the_teacher_how_many_rows_are_real(monkeypatch):
 
     monkeypatch.setattr(sdtt, "teacher_targets", recording)
     student = _tiny_model("imdm", perturb=0.2, dropout=0.0)
-    base = MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5, row_bucket=16)
+    base = MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5, mask_state=student.cfg.mask_state, row_bucket=16)
     x0, index = torch.randint(0, V, (8, L)), torch.arange(8)
     Distillation(base, copy.deepcopy(student), Rounds(2, 4)).loss(student, x0, index, 8, step=1)
     n_masked = int(base.draws(5, 1, index, 8, L)[2].sum())
@@ -289,7 +290,7 @@ def test_divergences_match_their_formulas(kind):
 # -- runs ---------------------------------------------------------------------------------------
 
 def _teacher_state(trainer):
-    return _params(trainer.algorithm.teacher)
+    return _params(trainer.objective.teacher)
 
 
 def _with_sources(sources, tmp_path, *names):
@@ -315,7 +316,7 @@ def test_resume_mid_round_is_exact_and_the_teacher_is_the_student(sources, tmp_p
     assert _same(_params(straight.model), _params(split.model))
     assert all(torch.equal(straight.ema.shadow[k], split.ema.shadow[k]) for k in straight.ema.shadow)
     assert _same(_teacher_state(straight), _teacher_state(split))
-    assert straight.algorithm.teacher_step == split.algorithm.teacher_step == 4
+    assert straight.objective.teacher_step == split.objective.teacher_step == 4
     saved = load_checkpoint(out / "straight" / "checkpoints" / "step_00000004",
                             {"model": {k: torch.zeros_like(v) for k, v in _params(straight.model).items()},
                              "ema": {"params": {k: torch.zeros_like(v) for k, v in straight.ema.shadow.items()},
@@ -379,7 +380,8 @@ def test_student_moves_to_the_teacher_targets():
     elsewhere to the teacher's targets."""
     teacher = _tiny_model("imdm", perturb=0.3, dropout=0.0)
     student = _tiny_model("imdm", dropout=0.0)
-    distill = Distillation(MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5), teacher, Rounds(2, 2))
+    distill = Distillation(MaskedDiffusion(LogLinearSchedule(1e-3), V, seed=5, mask_state=teacher.cfg.mask_state), teacher,
+                           Rounds(2, 2))
     x0, index = torch.randint(0, V, (16, L)), torch.arange(16)
     count = distill.loss_count(index, 16, 0, torch.ones(16, L, dtype=torch.bool))
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-2)
@@ -403,12 +405,12 @@ def test_imsdtt_runs_end_to_end(sources, tmp_path):
     result = Trainer(recipe, init_distributed("cpu")).fit()
     source = load_run(out / "src-imdm", torch.device("cpu"))
     run = load_run(result.run_dir, torch.device("cpu"))
-    assert run.recipe.algorithm.method == "imsdtt" and run.step == 20
+    assert method_label(run.recipe) == "imsdtt" and run.step == 20
     assert not _same(_params(run.model), _params(source.model))
     assert all(-1e-6 < x < 5 for x in _losses(result.run_dir).values())
     source_nelbo = json.loads((out / "src-imdm" / "metrics.jsonl").read_text().splitlines()[-1])["val_nelbo_ema"]
     assert result.val_nelbo == pytest.approx(source_nelbo, abs=0.3)
-    tokens = run.algorithm.sample(run.model, sampler_settings(run.recipe, 2), torch.arange(16), L).tokens
+    tokens = run.process.sample(run.model, sampler_settings(run.recipe, 2), torch.arange(16), L).tokens
     assert tokens.shape == (16, L) and int(tokens.max()) < V
 
 
@@ -422,7 +424,7 @@ def test_sdtt_and_finite_mask_imsdtt_run(sources, tmp_path, algo, num_masks):
     trainer.fit()
     losses = _losses(out / "k")
     assert sorted(losses) == [1, 2, 3] and all(-1e-6 < x < 5 for x in losses.values())   # float32 rounding: KL ~ -1e-8
-    assert trainer.algorithm.teacher_step == 2
+    assert trainer.objective.teacher_step == 2
     assert (trainer.model.mask_state is None) == (algo == "mdlm")
 
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from imdm.parallel.distributed import init_distributed
-from imdm.recipe import recipe_from_dict
+from imdm.algorithms.registry import recipe_from_dict
 from imdm.run_loading import load_run
-from imdm.train.checkpoint import latest_checkpoint, load_checkpoint
+from imdm.parallel.checkpoint import latest_checkpoint, load_checkpoint
 from imdm.train.faults import NonFiniteLoss, NonFinitePolicy
 from imdm.train.step_report import StepReport
 from imdm.train.trainer import Trainer
@@ -164,16 +164,16 @@ def _tiny_recipe(tmp_path, name, **train):
 
 def test_nonfinite_loss_is_skipped_then_stops(tmp_path, monkeypatch):
     trainer = Trainer(_tiny_recipe(tmp_path, "nan", nonfinite="skip"), init_distributed("cpu"))
-    real = trainer.algorithm.loss
-    monkeypatch.setattr(trainer.algorithm, "loss",
+    real = trainer.objective.loss
+    monkeypatch.setattr(trainer.objective, "loss",
                         lambda *a, **k: real(*a, **k) * (float("nan") if trainer.step in (2, 3) else 1.0))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
     assert trainer.nonfinite.total == 2 and all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     stopper = Trainer(_tiny_recipe(tmp_path, "nan-stop", nonfinite="stop", max_nonfinite=2), init_distributed("cpu"))
-    real_stop = stopper.algorithm.loss
-    monkeypatch.setattr(stopper.algorithm, "loss", lambda *a, **k: real_stop(*a, **k) * float("nan"))
+    real_stop = stopper.objective.loss
+    monkeypatch.setattr(stopper.objective, "loss", lambda *a, **k: real_stop(*a, **k) * float("nan"))
     with pytest.raises(NonFiniteLoss, match="step 1: 2 non-finite losses in a row"):
         stopper.fit()
 
@@ -197,8 +197,8 @@ def test_nonfinite_step_is_skipped_at_once_and_counted_a_step_late(tmp_path, mon
     """The optimizer skips the step on the device (no host read of its gradient norm); the
     policy counts it, and the EMA leaves it out, when the next step settles it."""
     trainer = Trainer(_tiny_recipe(tmp_path, "late", nonfinite="skip"), init_distributed("cpu"))
-    real = trainer.algorithm.loss
-    monkeypatch.setattr(trainer.algorithm, "loss",
+    real = trainer.objective.loss
+    monkeypatch.setattr(trainer.objective, "loss",
                         lambda *a, **k: real(*a, **k) * (float("nan") if trainer.step == 1 else 1.0))
     trainer.train_step()
     params = {k: v.clone() for k, v in trainer.model.state_dict().items()}

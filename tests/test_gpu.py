@@ -9,7 +9,7 @@ from imdm.diffusion.forward_process import mask_noise, mask_positions
 from imdm.models.dit import DiT, DiTConfig
 from imdm.models.mask_state import MaskStateConfig
 from imdm.parallel.distributed import init_distributed
-from imdm.recipe import recipe_from_dict
+from imdm.algorithms.registry import recipe_from_dict
 from imdm.train.trainer import Trainer
 
 pytestmark = pytest.mark.gpu
@@ -85,8 +85,8 @@ def test_training_steps_never_wait_for_the_gpu(tmp_path, monkeypatch):
         "data": {"vocab_size": 64, "seq_len": 16},
         "train": {"steps": 10, "global_batch": 16, "micro_batch": 8, "eval_batches": 1}})
     trainer = Trainer(recipe, init_distributed("cuda"))
-    real = trainer.algorithm.loss
-    monkeypatch.setattr(trainer.algorithm, "loss",
+    real = trainer.objective.loss
+    monkeypatch.setattr(trainer.objective, "loss",
                         lambda *a, **k: real(*a, **k) * (float("nan") if trainer.step == 2 else 1.0))
     trainer.train_step()
     torch.cuda.synchronize()

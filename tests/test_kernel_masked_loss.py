@@ -174,7 +174,8 @@ def test_masked_diffusion_fused_loss_matches_the_logits_path():
     valid[1, 8:] = False
     results = []
     for fused, bucket in ((False, 1), (True, 1), (True, 16), (False, 7)):
-        algorithm = MaskedDiffusion(LogLinearSchedule(), cfg.mask_id, seed=5, fused_loss=fused, row_bucket=bucket)
+        algorithm = MaskedDiffusion(LogLinearSchedule(), cfg.mask_id, seed=5, mask_state=cfg.mask_state, fused_loss=fused,
+                                    row_bucket=bucket)
         model.zero_grad()
         loss = algorithm.loss(model, x0, torch.arange(4), global_batch=4, step=3, valid=valid)
         loss.backward()

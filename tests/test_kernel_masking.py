@@ -128,7 +128,7 @@ def test_training_loss_unchanged_by_the_kernel(device, kind):
     index = torch.arange(6)
 
     def loss(kernels):
-        algo = MaskedDiffusion(LogLinearSchedule(), 40, seed=11, kernels=kernels)
+        algo = MaskedDiffusion(LogLinearSchedule(), 40, seed=11, mask_state=cfg.mask_state, kernels=kernels)
         return algo.loss(model, x0, index, global_batch=6, step=3)
 
     kernel = loss("triton" if device == "cpu" else "auto")

@@ -1,4 +1,4 @@
-"""The DiT: sizes of SPEC section 7, IMDM == MDLM at initialisation, attention backends,
+"""The DiT: sizes of docs/method.md section 7, IMDM == MDLM at initialisation, attention backends,
 rotary positions, the mask-state variants."""
 
 import pytest

@@ -5,7 +5,7 @@ import pytest
 
 from imdm.pipeline import StageFailed, load_pipeline, run_pipeline
 from imdm.recipe import RecipeError
-from imdm.train.checkpoint import latest_checkpoint
+from imdm.parallel.checkpoint import latest_checkpoint
 
 COMMON = ["model.size=custom", "model.d_model=32", "model.n_blocks=1", "model.n_heads=2", "algorithm.noise_dim=8",
           "data.vocab_size=16", "data.seq_len=4", "data.num_sequences=1000", "train.global_batch=16",

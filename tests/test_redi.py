@@ -21,7 +21,8 @@ from imdm.eval.synthetic_eval import evaluate_synthetic
 from imdm.models.dit import DiT, DiTConfig
 from imdm.models.mask_state import MaskStateConfig
 from imdm.parallel.distributed import init_distributed
-from imdm.recipe import RecipeError, recipe_from_dict
+from imdm.algorithms.registry import recipe_from_dict
+from imdm.recipe import RecipeError
 from imdm.run_loading import load_run
 from imdm.sampling.ancestral import SamplerSettings, generation_seeds
 from imdm.train.trainer import Trainer
@@ -59,7 +60,7 @@ def _recording(model):
 
 
 def _couplings(model, steps=4):
-    algorithm = MaskedDiffusion(LogLinearSchedule(), MASK, seed=5)
+    algorithm = MaskedDiffusion(LogLinearSchedule(), MASK, seed=5, mask_state=model.cfg.mask_state)
     seeds = generation_seeds(42, 0, B)
     clean = SyntheticRepeat(V, L, 100).rows(torch.arange(B))[0]
     t, z = coupling_starts(seeds, clean, algorithm.schedule, MASK, L, "perturbed")
@@ -103,7 +104,7 @@ def test_ignore_seed_draws_fresh_eps():
 @pytest.mark.parametrize("mask_states", [True, False])
 def test_redi_loss_equals_the_direct_formula(mask_states):
     model = _model(mask_states, randomise=True)
-    algorithm = MaskedDiffusion(LogLinearSchedule(), MASK, seed=5)
+    algorithm = MaskedDiffusion(LogLinearSchedule(), MASK, seed=5, mask_state=model.cfg.mask_state)
     seeds = generation_seeds(7, 0, 3)
     z = torch.tensor([[MASK, 3, MASK, MASK, 1, MASK], [2, 2, 2, 2, 2, 2], [MASK] * L])
     x0 = torch.tensor([[4, 3, 0, 9, 1, 11], [2, 2, 2, 2, 2, 2], [5, 6, 7, 8, 9, 10]])
@@ -147,7 +148,7 @@ def test_synthetic_couplings_to_imredi_end_to_end(tmp_path):
 
     @torch.no_grad()
     def coupling_loss(model):   # deterministic: the stored z_t, t and seeds fix every input
-        return float(trainer.algorithm.loss(model, x0, rows, 32, 0, valid=valid, **pairs.extras(rows)))
+        return float(trainer.objective.loss(model, x0, rows, 32, 0, valid=valid, **pairs.extras(rows)))
 
     before = coupling_loss(load_run(tmp_path / "teacher", torch.device("cpu")).model)
     result = trainer.fit()
@@ -158,7 +159,7 @@ def test_synthetic_couplings_to_imredi_end_to_end(tmp_path):
     assert not any("val_nelbo" in k for m in lines for k in m)   # a coupling set has no validation split
     assert data_origin(student) == "synthetic"                # `imdm eval` reports validity and coverage
     run = load_run(result.run_dir, torch.device("cpu"))
-    rows = evaluate_synthetic(run.recipe, run.model, run.algorithm, torch.device("cpu"))
+    rows = evaluate_synthetic(run.recipe, run.model, run.process, torch.device("cpu"))
     assert [r["steps"] for r in rows] == [1, 8] and all(0 <= r["validity"] <= 1 for r in rows)
 
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imdm.recipe import recipe_from_dict
+from imdm.algorithms.registry import recipe_from_dict
 from imdm.run_loading import load_run
 from imdm.tools.export_run import export_run
 from imdm.tools.import_reference import import_reference, main
-from imdm.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from imdm.parallel.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 
 V, MASK, D, BLOCKS, HEADS, COND, NOISE = 17, 16, 32, 2, 2, 128, 8
 

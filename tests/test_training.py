@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from imdm.parallel.distributed import init_distributed
-from imdm.recipe import RecipeError, recipe_from_dict
+from imdm.algorithms.registry import recipe_from_dict
+from imdm.recipe import RecipeError
 from imdm.run_loading import load_run
-from imdm.train import checkpoint as ckpt_mod
-from imdm.train.checkpoint import CheckpointError, complete_checkpoints, latest_checkpoint
+from imdm.parallel import checkpoint as ckpt_mod
+from imdm.parallel.checkpoint import CheckpointError, complete_checkpoints, latest_checkpoint
 from imdm.train.trainer import Trainer
 
 
@@ -99,8 +100,8 @@ def test_training_learns_and_checkpoint_loads_for_sampling(tmp_path):
     assert run.step == 60 and not run.model.training
     from imdm.build import sampler_settings
     from imdm.data.synthetic import synthetic_metrics
-    many = run.algorithm.sample(run.model, sampler_settings(run.recipe, 64), torch.arange(256), 6)
-    one = run.algorithm.sample(run.model, sampler_settings(run.recipe, 1), torch.arange(256), 6)
+    many = run.process.sample(run.model, sampler_settings(run.recipe, 64), torch.arange(256), 6)
+    one = run.process.sample(run.model, sampler_settings(run.recipe, 1), torch.arange(256), 6)
     assert many.tokens.shape == (256, 6) and int(many.tokens.max()) < 16
     many_m, one_m = synthetic_metrics(many.tokens, 16), synthetic_metrics(one.tokens, 16)
     assert many_m["validity"] > 0.6 and many_m["coverage"] == 16      # many steps: valid, every token used

@@ -8,7 +8,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from imdm.train.checkpoint import CheckpointError
+from imdm.parallel.checkpoint import CheckpointError
 
 
 @contextmanager

@@ -20,7 +20,7 @@ import torch
 
 from imdm.run_loading import load_run
 from imdm.tools.atomic_folder import atomic_folder
-from imdm.train.checkpoint import CheckpointError, load_checkpoint
+from imdm.parallel.checkpoint import CheckpointError, load_checkpoint
 
 
 def exported_weights(run_dir: Path, raw: bool) -> tuple[dict[str, torch.Tensor], dict]:

@@ -1,5 +1,5 @@
 """Import a reference checkpoint as a run directory of this project. Reference checkpoints are
-PyTorch Lightning files of kuleshov-group/mdlm, jdeschena/sdtt and Ugness/IMDM (SPEC section
+PyTorch Lightning files of kuleshov-group/mdlm, jdeschena/sdtt and Ugness/IMDM (docs/method.md section
 10): the DiT's weights under `backbone.` in `state_dict`, the EMA shadows as a positional list
 under `ema`. The recipe names the architecture and the tokenizer (its vocabulary must match the
 checkpoint's); the run directory run.output_dir/run.name gets the recipe and one checkpoint with
@@ -27,11 +27,11 @@ from imdm.data.local_text import DataSourceError
 from imdm.data.tokenizer import TokenizerError
 from imdm.models.dit import DiTConfig
 from imdm.recipe.errors import RecipeError
-from imdm.recipe.loader import load_recipe
+from imdm.algorithms.registry import load_recipe
 from imdm.recipe.writer import recipe_to_toml
 from imdm.tools.atomic_folder import atomic_folder
-from imdm.train.checkpoint import CheckpointError, CheckpointManager
-from imdm.train.ema import EMA, named_parameters
+from imdm.parallel.checkpoint import CheckpointError, CheckpointManager
+from imdm.parallel.ema import EMA, named_parameters
 
 PREFIX = "backbone."
 BLOCK_NAMES = {"norm1.weight": "norm1.weight", "attn_qkv.weight": "attn.qkv.weight", "attn_out.weight": "attn.out.weight",

@@ -1,5 +1,5 @@
-"""Per-position divergences between the student's and the teacher's x_theta (SDTT, SPEC
-section 3), computed eagerly in float32. This is the reference and the CPU path: both sides
+"""Per-position divergences between the student's and the teacher's x_theta (SDTT,
+docs/method.md section 3), computed eagerly in float32. This is the reference and the CPU path: both sides
 come as raw logits [N, V] and the mask logit is removed here, as SUBS does, so a fused kernel
 that forms the logits from (hidden state, head weight, head bias) can stand in for it."""
 

@@ -1,6 +1,7 @@
-"""MDLM and IMDM (SPEC sections 1-2). IMDM is MDLM plus the mask-state embedding in the model
-and the three-way posterior in the sampler; its training loss is MDLM's NELBO with a fresh
-mask state per masked position, so one class serves both."""
+"""MDLM and IMDM (docs/method.md sections 1-2), registered as the processes `mdlm` and `imdm`.
+IMDM is MDLM plus the mask-state embedding in the model and the three-way posterior in the
+sampler; its training loss is MDLM's NELBO with a fresh mask state per masked position, so one
+class serves both, told at construction whether the model has mask states."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from typing import NamedTuple
 
 import torch
 
+from imdm.algorithms.protocol import Objective
+from imdm.algorithms.registry import ProcessContext, ProcessSpec, register_process
+from imdm.devices import host_to_device
 from imdm.diffusion.forward_process import apply_mask, mask_positions
 from imdm.diffusion.nelbo import masked_token_nll
+from imdm.diffusion.schedule import make_schedule
 from imdm.diffusion.times import sample_seeds, training_times
 from imdm.kernels import masking
 from imdm.models.dit import DiT
-from imdm.parallel.distributed import host_to_device
+from imdm.models.mask_state import MaskStateConfig
+from imdm.recipe import Recipe
 from imdm.sampling.ancestral import SamplerSettings, SampleResult, ancestral_sample
-
-
-ROW_BUCKET_CUDA = 128
 
 
 class RowIndex(NamedTuple):
@@ -57,14 +60,16 @@ def row_indices(masked: torch.Tensor, valid: torch.Tensor | None, device: torch.
     return RowIndex(tuple(map(to_device, masked_rows)), tuple(map(to_device, scored_rows)), n_masked, n_scored)
 
 
-class MaskedDiffusion:
-    """Loss and sampler of a masked diffusion model; `model.mask_state` decides MDLM vs IMDM."""
+class MaskedDiffusion(Objective):
+    """Loss and sampler of a masked diffusion model: MDLM, or IMDM when `mask_state` (the
+    model's mask-state configuration) is given."""
 
-    def __init__(self, schedule, mask_id: int, seed: int, antithetic: bool = True, kernels: str = "auto",
-                 fused_loss: bool = False, row_bucket: int = 1):
+    def __init__(self, schedule, mask_id: int, seed: int, mask_state: MaskStateConfig | None = None,
+                 antithetic: bool = True, kernels: str = "auto", fused_loss: bool = False, row_bucket: int = 1):
         self.schedule = schedule
         self.mask_id = mask_id
         self.seed = seed
+        self.mask_state = mask_state
         self.antithetic = antithetic
         # fused_loss: the model's head returns the weighted NLL sum through the fused
         # head-matmul + cross-entropy kernel (imdm.kernels.masked_loss), with no [N, V] logits
@@ -77,11 +82,16 @@ class MaskedDiffusion:
         self._noise_rows = functools.partial(masking.mask_noise_rows, backend=kernels)
         self._noise = functools.partial(masking.mask_noise, backend=kernels)
 
-    def noise(self, model: DiT, seeds: torch.Tensor, seq_len: int, generation=0) -> torch.Tensor | None:
+    @property
+    def posterior(self) -> str:
+        """The reverse step this process takes: MDLM's, or IMDM's three-way one."""
+        return "mdlm" if self.mask_state is None else "imdm"
+
+    def noise(self, seeds: torch.Tensor, seq_len: int, generation=0) -> torch.Tensor | None:
         """Seeded base noise of the mask states at every position [B, L, D], or None for MDLM."""
-        if model.mask_state is None:
+        cfg = self.mask_state
+        if cfg is None:
             return None
-        cfg = model.mask_state.cfg
         return self._noise(seeds, seq_len, cfg.noise_width, cfg.noise_dist, generation)
 
     def draws(self, seed: int, step: int, global_index: torch.Tensor, global_batch: int, seq_len: int
@@ -115,9 +125,8 @@ class MaskedDiffusion:
         row_index = row_indices(masked, valid, device, self.row_bucket)
         masked_rows, scored_rows = row_index.masked, row_index.scored
         t = host_to_device(t, device)
-        noise = None
-        if model.mask_state is not None:
-            cfg = model.mask_state.cfg
+        noise, cfg = None, self.mask_state
+        if cfg is not None:
             seeds = host_to_device(noise_seeds, device)
             noise = self._noise_rows(seeds[masked_rows[0]], masked_rows[1], cfg.noise_width, cfg.noise_dist)
         targets = targets[scored_rows]
@@ -143,9 +152,9 @@ class MaskedDiffusion:
             return model(z, noise, sigma)
 
         noise_for = None
-        if model.mask_state is not None:
+        if self.mask_state is not None:
             def noise_for(s, generation):
-                return self.noise(model, s, seq_len, generation)
+                return self.noise(s, seq_len, generation)
         was_training = model.training
         model.eval()
         try:
@@ -153,3 +162,43 @@ class MaskedDiffusion:
                                     noise_for, prefix, start, t_start)
         finally:
             model.train(was_training)
+
+
+ROW_BUCKET_CUDA = 128
+
+
+def _mask_state(recipe: Recipe) -> MaskStateConfig:
+    a = recipe.algorithm
+    return MaskStateConfig(a.noise_dim, a.noise_kind, a.noise_scale, a.num_masks)
+
+
+def _build(ctx: ProcessContext, mask_states: bool) -> MaskedDiffusion:
+    a = ctx.recipe.algorithm
+    cuda = torch.device(ctx.device).type == "cuda"
+    return MaskedDiffusion(make_schedule(a.noise_schedule, a.schedule_eps), ctx.mask_id, ctx.recipe.run.seed,
+                           _mask_state(ctx.recipe) if mask_states else None, a.antithetic, fused_loss=cuda,
+                           row_bucket=ROW_BUCKET_CUDA if cuda else 1)
+
+
+def _sampler_settings(recipe: Recipe, steps: int, mask_states: bool) -> SamplerSettings:
+    s = recipe.sampling
+    posterior = s.posterior if s.posterior != "auto" else ("imdm" if mask_states else "mdlm")
+    return SamplerSettings(steps=steps, posterior=posterior, fix_eps=s.fix_eps,
+                           cached=s.cached and not recipe.algorithm.time_conditioning,
+                           temperature=s.temperature, top_p=s.top_p, kernel=s.kernel)
+
+
+def _check_mdlm(recipe: Recipe) -> list[str]:
+    if recipe.sampling.posterior == "imdm":
+        return ["sampling.posterior: 'imdm' needs mask states; algorithm.name is 'mdlm'"]
+    return []
+
+
+register_process(ProcessSpec(
+    "mdlm", "masked diffusion (MDLM): one deterministic mask token",
+    functools.partial(_build, mask_states=False), functools.partial(_sampler_settings, mask_states=False),
+    family="masked", check=_check_mdlm))
+register_process(ProcessSpec(
+    "imdm", "infinite mask diffusion (IMDM): a continuous state at each masked position",
+    functools.partial(_build, mask_states=True), functools.partial(_sampler_settings, mask_states=True),
+    model_options=lambda recipe: {"mask_state": _mask_state(recipe)}, family="masked", mask_states=True))

@@ -1,7 +1,7 @@
-"""SDTT and IM-SDTT (SPEC section 3): the student learns in one step what a frozen teacher does
-in two ancestral steps of size dt; every round dt doubles and the teacher becomes a copy of
-the student. IM-SDTT is SDTT with one mask-state tensor eps handed to teacher and student
-alike; which of the two runs is decided by the model (`model.mask_state`), as for MDLM/IMDM."""
+"""SDTT and IM-SDTT (docs/method.md section 3), the objective `sdtt`: the student learns in one
+step what a frozen teacher does in two ancestral steps of size dt; every round dt doubles and
+the teacher becomes a copy of the student. IM-SDTT is SDTT with one mask-state tensor eps
+handed to teacher and student alike: it runs when the process has mask states (imdm)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ from torch import nn
 
 from imdm.algorithms.divergences import divergence
 from imdm.algorithms.masked_diffusion import MaskedDiffusion, padded_nonzero, row_indices
+from imdm.algorithms.protocol import Objective
+from imdm.algorithms.registry import ObjectiveContext, ObjectiveSpec, ProcessSpec, register_objective
 from imdm.algorithms.teacher_rollout import teacher_targets
+from imdm.devices import host_to_device
 from imdm.diffusion.forward_process import apply_mask
 from imdm.diffusion.times import T_MIN
-from imdm.parallel.distributed import host_to_device
-from imdm.train.ema import named_parameters
+from imdm.parallel.ema import named_parameters
+from imdm.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def copy_weights(source: nn.Module, target: nn.Module) -> None:
         p.copy_(src[name].detach())
 
 
-class Distillation:
+class Distillation(Objective):
     """Loss (divergence to the teacher's targets, summed over scored masked positions), its host
     count, the round hook and the teacher's checkpoint state. `base` supplies the schedule,
     mask id, seed and mask-state noise; it stays the algorithm for sampling and the NELBO."""
@@ -105,14 +108,13 @@ class Distillation:
         to_device = functools.partial(host_to_device, device=device)
         seeds_dev = to_device(seeds)
         z = apply_mask(x0, to_device(masked), self.mask_id)
-        noise = self.base.noise(model, seeds_dev, seq_len)
+        noise = self.base.noise(seeds_dev, seq_len)
 
         def denoise(z_k: torch.Tensor, t_k: torch.Tensor) -> torch.Tensor:
             return self.teacher(z_k, noise, self.schedule.sigma(to_device(t_k.float())), select=rows)
 
-        posterior = "mdlm" if noise is None else "imdm"
         targets = teacher_targets(denoise, z, rows, seeds_dev, t.double(), self.rounds.dt(step), self.schedule,
-                                  self.mask_id, posterior, row_index.n_masked).logits
+                                  self.mask_id, self.base.posterior, row_index.n_masked).logits
         if valid is not None:   # the scored rows among the masked ones, padded as scored_rows is
             (kept,), _ = padded_nonzero(valid.cpu()[masked], self.base.row_bucket)
             targets = targets.index_select(0, to_device(kept))
@@ -131,3 +133,29 @@ class Distillation:
         for name, value in state["teacher"].items():
             params[name].copy_(value)
         self.teacher_step = int(state["teacher_step"])
+
+
+def _build(ctx: ObjectiveContext) -> Distillation:
+    d = ctx.recipe.distill
+    return Distillation(ctx.process, ctx.make_teacher(), Rounds(d.round_steps, d.teacher_steps), d.divergence)
+
+
+def _check(recipe: Recipe, process: ProcessSpec) -> list[str]:
+    d, problems = recipe.distill, []
+    if process.family != "masked":
+        problems.append(f"algorithm.objective: 'sdtt' distils masked diffusion (mdlm, imdm), not '{process.name}'")
+    if not recipe.init.from_run:
+        problems.append("init.from_run: distillation starts from a trained model; name its run")
+    if d.teacher_steps < 2 ** d.rounds:
+        problems.append(f"distill.teacher_steps: {d.teacher_steps} steps cannot halve {d.rounds} times "
+                        f"(distill.rounds); need at least {2 ** d.rounds}")
+    if recipe.train.steps > d.rounds * d.round_steps:
+        problems.append(f"train.steps: {recipe.train.steps} runs past the last round (distill.rounds x "
+                        f"distill.round_steps = {d.rounds * d.round_steps})")
+    return problems
+
+
+register_objective(ObjectiveSpec(
+    "sdtt", "self-distillation through time: one student step matches two teacher steps (IM-SDTT with imdm)",
+    _build, label=lambda process: ("im" if process.mask_states else "") + "sdtt", owns=("distill",),
+    check=_check))

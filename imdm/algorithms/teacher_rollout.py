@@ -1,4 +1,4 @@
-"""The SDTT teacher's targets (SPEC section 3): two ancestral steps of size dt from z_t, the
+"""The SDTT teacher's targets (docs/method.md section 3): two ancestral steps of size dt from z_t, the
 mask states kept (no re-drawing), categorical draws exact in float64.
 
 A position masked in z_t is scored against the teacher's x_theta at the step that unmasked
@@ -17,8 +17,8 @@ from imdm import rng
 from imdm.diffusion.posterior import step_weights
 from imdm.diffusion.subs import without_mask
 from imdm.diffusion.times import T_MIN
-from imdm.parallel.distributed import host_to_device
-from imdm.sampling.categorical import categorical_from_uniform, shape_probs
+from imdm.devices import host_to_device
+from imdm.diffusion.categorical import categorical_from_uniform, shape_probs
 
 # denoise(z [B, L], t [B] float64 on the host) -> teacher logits [M, V] at the M rows being distilled
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -1,4 +1,4 @@
-"""The coupling set of ReDi / IM-ReDi (SPEC section 4): N pairs (z_t, x0_teacher) with their
+"""The coupling set of ReDi / IM-ReDi (docs/method.md section 4): N pairs (z_t, x0_teacher) with their
 time t and sampler seed, as one memory-mapped dataset in RUN_DIR/couplings/:
 
     manifest.json   what decided the contents (teacher run and checkpoint step, generation and
@@ -196,12 +196,9 @@ class CouplingSet:
         return {"z_t": self._take("z", index), "t": self._take("t", index), "coupling_seed": self._take("seed", index)}
 
 
-MASK_STATE_KEYS = ("noise_dim", "noise_kind", "noise_scale", "num_masks")   # what turns a seed into eps
-
-
 def open_coupling_set(recipe) -> CouplingSet:
     """The complete coupling set `data.couplings` names, checked against the student's recipe."""
-    d, a = recipe.data, recipe.algorithm
+    d = recipe.data
     found = CouplingSet(coupling_path(recipe.run.output_dir, d.couplings))
     m, problems = found.manifest, []
     if d.seq_len != m["seq_len"]:
@@ -210,14 +207,6 @@ def open_coupling_set(recipe) -> CouplingSet:
     if m["data"]["source"] == "synthetic" and d.vocab_size != m["data"]["vocab_size"]:
         problems.append(f"data.vocab_size: the set's synthetic task has {m['data']['vocab_size']} tokens, the recipe "
                         f"says {d.vocab_size}")
-    if a.name == "imdm" and not m["teacher"]["mask_states"] and not a.ignore_seed:
-        problems.append(f"algorithm.ignore_seed: teacher '{m['teacher']['run']}' has no mask states, so its "
-                        f"completions do not depend on the stored seeds; set algorithm.ignore_seed = true")
-    if a.name == "imdm" and m["teacher"]["mask_states"] and not a.ignore_seed:
-        teacher = m["teacher"]["algorithm"]
-        problems += [f"algorithm.{key}: the teacher '{m['teacher']['run']}' drew its mask states with {key} = "
-                     f"{teacher[key]!r}, the recipe says {getattr(a, key)!r}; the seeds would give other eps"
-                     for key in MASK_STATE_KEYS if teacher.get(key) != getattr(a, key)]
     if problems:
         raise DataSourceError(f"coupling set {found.folder}: " + "; ".join(problems))
     return found

@@ -1,4 +1,4 @@
-"""The synthetic task of SPEC section 6: every sequence repeats one token c ~ Uniform{0..V-1}.
+"""The synthetic task of docs/method.md section 6: every sequence repeats one token c ~ Uniform{0..V-1}.
 The mask token is appended at id V, so the model has V + 1 outputs."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tokenizers: GPT-2 byte-level BPE, BERT-base-uncased WordPiece, and SentencePiece models, from
 local files or (online) the Hugging Face hub. The mask token, BOS/EOS/pad and the number of
-model outputs derive from the tokenizer (SPEC section 1), never from hand-typed numbers.
+model outputs derive from the tokenizer (docs/method.md section 1), never from hand-typed numbers.
 
 GPT-2: [MASK] appended at 50257 (V = 50258), BOS = EOS = 50256. BERT: [MASK] = 103,
 BOS = [CLS] = 101, EOS = [SEP] = 102, pad = 0. SentencePiece: its [MASK] piece if it has one,

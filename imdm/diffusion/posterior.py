@@ -27,7 +27,7 @@ class StepWeights:
 
 
 def step_weights(alpha_t, alpha_s, posterior: str, fix_eps: bool = False) -> StepWeights:
-    """The three-way (or MDLM two-way) split of SPEC sections 1-2 for alpha_t <= alpha_s <= 1 and
+    """The three-way (or MDLM two-way) split of docs/method.md sections 1-2 for alpha_t <= alpha_s <= 1 and
     alpha_t < 1; floats give floats, float64 tensors (one value per sample) give tensors."""
     if posterior not in ("mdlm", "imdm"):
         raise ValueError(f"unknown posterior {posterior!r}")

@@ -1,5 +1,5 @@
 """Perplexity bounds of a text model: exp(mean NELBO per token) over a packed split, one t per
-sequence, accumulated in float64 (SPEC section 1). Zero-shot sets come from local copies when
+sequence, accumulated in float64 (docs/method.md section 1). Zero-shot sets come from local copies when
 they exist (../shared/data has WikiText-2 test, PTB test and LAMBADA) and from the hub otherwise."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from imdm.algorithms.masked_diffusion import MaskedDiffusion
+from imdm.algorithms.protocol import Process
 from imdm.data.text_dataset import open_text_dataset
 from imdm.recipe import Recipe
 from imdm.recipe.schema import TokenizerSection
@@ -54,7 +54,7 @@ def eval_set_recipe(recipe: Recipe, name: str) -> tuple[Recipe, str]:
 
 
 @torch.no_grad()
-def nelbo_per_token(model: torch.nn.Module, algorithm: MaskedDiffusion, dataset, batch: int,
+def nelbo_per_token(model: torch.nn.Module, process: Process, dataset, batch: int,
                     max_batches: int, device: torch.device, seed: int) -> tuple[float, int]:
     """(mean NELBO per valid token in nats, tokens scored) over the first `max_batches` batches
     of the dataset in order (0 = all of it); the model's train/eval mode is restored."""
@@ -69,7 +69,7 @@ def nelbo_per_token(model: torch.nn.Module, algorithm: MaskedDiffusion, dataset,
             tokens, valid = dataset.rows(rows)
             index = torch.arange(len(rows))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = algorithm.loss(model, tokens.to(device), index, len(rows), b, seed=seed + STREAM_EVAL,
+                loss = process.loss(model, tokens.to(device), index, len(rows), b, seed=seed + STREAM_EVAL,
                                       valid=valid)
             total += float(loss.double())
             count += int(valid.sum())
@@ -78,7 +78,7 @@ def nelbo_per_token(model: torch.nn.Module, algorithm: MaskedDiffusion, dataset,
     return total / count, count
 
 
-def evaluate_text(recipe: Recipe, model: torch.nn.Module, algorithm: MaskedDiffusion, device: torch.device) -> list[dict]:
+def evaluate_text(recipe: Recipe, model: torch.nn.Module, process: Process, device: torch.device) -> list[dict]:
     """Perplexity bound on the recipe's validation split (when it has one) and every eval.sets entry."""
     from imdm.build import has_validation_split
     targets = []
@@ -89,7 +89,7 @@ def evaluate_text(recipe: Recipe, model: torch.nn.Module, algorithm: MaskedDiffu
     rows = []
     for name, sub_recipe, split in targets:
         dataset = open_text_dataset(sub_recipe, split)
-        nelbo, tokens = nelbo_per_token(model, algorithm, dataset, recipe.eval.batch, recipe.eval.max_batches,
+        nelbo, tokens = nelbo_per_token(model, process, dataset, recipe.eval.batch, recipe.eval.max_batches,
                                         device, recipe.run.seed)
         rows.append({"set": name, "sequences": len(dataset), "tokens": tokens, "nelbo": nelbo, "ppl": math.exp(nelbo)})
     return rows

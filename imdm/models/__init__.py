@@ -1,1 +1,1 @@
-"""Denoiser networks: the DiT of SPEC section 7 and the IMDM mask-state embedding."""
+"""Denoiser networks: the DiT of docs/method.md section 7 and the IMDM mask-state embedding."""

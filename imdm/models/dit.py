@@ -1,4 +1,4 @@
-"""The DiT denoiser of SPEC section 7: untied token embedding (+ the IMDM mask state),
+"""The DiT denoiser of docs/method.md section 7: untied token embedding (+ the IMDM mask state),
 pre-norm adaLN-Zero blocks with rotary bidirectional attention, an adaLN-modulated output head."""
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from imdm import rng
 from imdm.kernels.backend import kernel_chosen
 from imdm.kernels.gelu_mlp import gelu_mlp
 from imdm.kernels.masked_loss import fused_masked_nll
+from imdm.kernels.precision import compute_dtype
 from imdm.kernels.residual_norm import residual_norm_modulate
 from imdm.models.attention import SelfAttention
 from imdm.models.gemm_grad_linear import GemmGradLinear
-from imdm.models.layers import LayerNormNoBias, TimestepEmbedder, compute_dtype, rotary_tables
+from imdm.models.layers import LayerNormNoBias, TimestepEmbedder, rotary_tables
 from imdm.models.mask_state import MaskStateConfig, MaskStateEmbedding
-from imdm.parallel.distributed import host_to_device
+from imdm.devices import host_to_device
 
 
 @dataclass(frozen=True)

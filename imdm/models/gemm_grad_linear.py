@@ -1,20 +1,12 @@
-"""nn.Linear whose weight gradient is accumulated by the weight-gradient GEMM itself.
+"""nn.Linear whose weight gradient is accumulated by the weight-gradient GEMM itself
+(imdm.kernels.weight_grad), and which computes with a frozen low-precision copy of its weight
+while `frozen_weight_copies` is open.
 
-Fuses: the weight-gradient product, its float32 cast and the add into the float32 `.grad`.
-Replaces: autograd's path under bf16 autocast, three kernels per weight and micro-batch (a bf16
-product, a cast, AccumulateGrad's add), which also rounds each micro-batch's product to bf16.
-Here one GEMM reads and writes `.grad` in place with float32 accumulation
-(`aten::addmm.dtype_out`, beta 1, on CUDA; the eager reference upcasts and adds). It runs once
-`.grad` exists and the layer is switched on by `keep_weight_grads`, which the trainer calls for
-an unsharded model (FSDP2 owns the gradients of a sharded one). Measured on one H200
-(benchmarks/wgrad_accumulation.py; train_throughput, 7fd9ec3 against dbc7ebb): 1.198 against
-1.339 ms per large block and micro-batch, end to end +1.0-1.4% (large) and +0.7% (small).
-
-The same switched-on layers also compute with one copy of their weight in the compute dtype
-while `frozen_weight_copies` is open (the trainer opens it around a step's micro-batches, while
-no weight changes): one cast per weight and step instead of one per weight and micro-batch. On
-one H200 a large block took 5.869 against 5.906 ms per micro-batch; training +0.4-0.5% (1666d1a
-against 2dd6eca), inside the run-to-run spread.
+It runs once `.grad` exists and the layer is switched on by `keep_weight_grads`, which the
+trainer calls for an unsharded model (FSDP2 owns the gradients of a sharded one). The trainer
+opens `frozen_weight_copies` around a step's micro-batches, while no weight changes: one cast
+per weight and step instead of one per weight and micro-batch (docs/performance.md has the
+measurements of both).
 """
 
 from __future__ import annotations
@@ -26,26 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imdm.models.layers import compute_dtype
-
-
-@torch.library.custom_op("imdm::accumulate_weight_grad", mutates_args=("grad",))
-def accumulate_weight_grad(grad: torch.Tensor, dy: torch.Tensor, x: torch.Tensor) -> None:
-    """grad [out, in] += dy[N, out]^T x[N, in], accumulated in grad's dtype (float32)."""
-    if grad.device.type == "cuda" and dy.dtype in (torch.bfloat16, torch.float16) and grad.dtype == torch.float32:
-        torch.ops.aten.addmm.dtype_out(grad, dy.t(), x, torch.float32, out=grad)
-    else:
-        grad.addmm_(dy.t().to(grad.dtype), x.to(grad.dtype))
-
-
-@accumulate_weight_grad.register_fake
-def _(grad, dy, x):
-    return None
-
-
-def matmul_weight(weight: torch.Tensor, copy: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """`weight` in `dtype`: its frozen copy when that has `dtype`, else cast now."""
-    return copy if copy is not None and copy.dtype == dtype else weight.to(dtype)
+from imdm.kernels.precision import compute_dtype
+from imdm.kernels.weight_grad import matmul_weight
 
 
 class _LinearGradIntoBuffer(torch.autograd.Function):

@@ -9,12 +9,6 @@ import torch
 from torch import nn
 
 
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype x's matmuls run in: autocast's on x's device when it is on, else x's own."""
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-
-
 class LayerNormNoBias(nn.Module):
     """The weight of a bias-free LayerNorm. imdm.kernels.residual_norm applies it (float32, fused
     with the residual add and the adaLN modulation); a module keeps the reference checkpoints'

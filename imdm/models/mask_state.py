@@ -1,5 +1,5 @@
 """The IMDM mask state: a continuous eps per masked position, embedded by a small MLP and added
-to the mask token's embedding (SPEC section 2). The MLP's last layer starts at zero, so at
+to the mask token's embedding (docs/method.md section 2). The MLP's last layer starts at zero, so at
 initialisation IMDM computes exactly what MDLM computes."""
 
 from __future__ import annotations

@@ -119,8 +119,13 @@ def _build_section(name: str, cls: type, table: dict, problems: list[str]):
     return cls(**kwargs)
 
 
-def recipe_from_dict(table: dict, source: str = "<dict>", world_size: int | None = None) -> Recipe:
-    """Validate a parsed TOML table into a Recipe, or raise RecipeError listing every problem."""
+Check = typing.Callable[[Recipe], list]
+
+
+def recipe_from_dict(table: dict, source: str = "<dict>", world_size: int | None = None,
+                     checks: typing.Sequence[Check] = ()) -> Recipe:
+    """Validate a parsed TOML table into a Recipe, or raise RecipeError listing every problem.
+    `checks` add rules beyond the schema (the algorithm registry's), as 'key: message' lines."""
     problems: list[str] = []
     sections = {}
     for name, body in table.items():
@@ -134,14 +139,18 @@ def recipe_from_dict(table: dict, source: str = "<dict>", world_size: int | None
         raise RecipeError(source, problems)
     recipe = Recipe(**sections)
     problems = recipe.cross_checks(world_size)
+    for check in checks:
+        problems += check(recipe)
     if problems:
         raise RecipeError(source, problems)
     return recipe
 
 
-def load_recipe(path: str, overrides: typing.Sequence[str] = (), world_size: int | None = None) -> Recipe:
-    """Read, override and validate a recipe. `world_size` (when known) is checked against the
-    data-parallel layout."""
+def load_recipe(path: str, overrides: typing.Sequence[str] = (), world_size: int | None = None,
+                checks: typing.Sequence[Check] = ()) -> Recipe:
+    """Read, override and validate a recipe's keys, types and values. `world_size` (when known)
+    is checked against the data-parallel layout. The algorithm registry's rules come in as
+    `checks`: applications load recipes through imdm.algorithms.registry.load_recipe."""
     source, table = read_toml(path)
     for item in overrides:
         keys, value = parse_override(item)
@@ -152,4 +161,4 @@ def load_recipe(path: str, overrides: typing.Sequence[str] = (), world_size: int
             raise RecipeError("command line", [f"override '{item}': {keys[0]} is not a section"])
         table[keys[0]][keys[1]] = value
     label = source if not overrides else f"{source} (with overrides {' '.join(overrides)})"
-    return recipe_from_dict(table, label, world_size)
+    return recipe_from_dict(table, label, world_size, checks)

@@ -1,5 +1,6 @@
 """Typed sections of a recipe. Each field's metadata carries its allowed values; checks that
-span fields live in `Recipe.cross_checks`."""
+span fields live in `Recipe.cross_checks`, and what an algorithm requires of a recipe in its
+registered spec (imdm.algorithms.registry)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODEL_SIZES = {
-    # name: (d_model, n_blocks, n_heads), SPEC section 7
+    # name: (d_model, n_blocks, n_heads), docs/method.md section 7
     "synthetic": (128, 4, 4),
     "small": (768, 12, 12),
     "medium": (1024, 24, 16),
@@ -33,7 +34,7 @@ class RunSection:
 
 @dataclass
 class ModelSection:
-    size: str = spec("synthetic", choices=(*MODEL_SIZES, "custom"), doc="preset of SPEC section 7")
+    size: str = spec("synthetic", choices=(*MODEL_SIZES, "custom"), doc="preset of docs/method.md section 7")
     d_model: int | None = spec(None, gt=0, doc="width; default from size")
     n_blocks: int | None = spec(None, gt=0, doc="transformer blocks; default from size")
     n_heads: int | None = spec(None, gt=0, doc="attention heads; default from size")
@@ -56,7 +57,7 @@ class ModelSection:
 
 @dataclass
 class AlgorithmSection:
-    name: str = spec("imdm", choices=("mdlm", "imdm"), doc="mdlm = IMDM with as_mdlm")
+    name: str = spec("imdm", doc="the generative process, a registered algorithm (mdlm = IMDM with as_mdlm)")
     noise_dim: int = spec(128, gt=0, doc="D, the mask-state dimension")
     noise_kind: str = spec("rand", choices=("rand", "randn", "learnable"), doc="distribution of eps")
     noise_scale: float = spec(1.0, gt=0.0, doc="scale of rand / randn")
@@ -65,18 +66,9 @@ class AlgorithmSection:
     noise_schedule: str = spec("loglinear", choices=("loglinear", "cosine"), doc="alpha_t")
     schedule_eps: float = spec(1e-3, gt=0.0, le=0.5, doc="alpha_1 = schedule_eps")
     antithetic: bool = spec(True, doc="stratify t over the global batch")
-    objective: str = spec("nelbo", choices=("nelbo", "sdtt", "redi"),
-                          doc="training loss: the NELBO, or SDTT distillation ([distill]; IM-SDTT when name = imdm), "
-                              "or ReDi on a coupling set (data.source = 'couplings'; IM-ReDi when name = imdm)")
+    objective: str = spec("nelbo", doc="the training loss, a registered objective: nelbo (the process's own bound), "
+                                       "sdtt (distillation, [distill]) or redi (a coupling set)")
     ignore_seed: bool = spec(False, doc="ReDi: fresh mask states instead of the coupling's seeded ones (MDLM teachers)")
-
-    @property
-    def method(self) -> str:
-        """The method's short name: mdlm or imdm, else the objective with an 'im' prefix for IMDM
-        (sdtt, imsdtt, ...)."""
-        if self.objective == "nelbo":
-            return self.name
-        return ("im" if self.name == "imdm" else "") + self.objective
 
 
 DIVERGENCES = ("kl_bwd", "kl_fwd", "mse", "tvd")
@@ -289,45 +281,22 @@ class Recipe:
             problems.append(f"sampling.num_samples: {self.sampling.num_samples} is not a multiple of "
                             f"sampling.batch ({self.sampling.batch})")
         problems += self._data_checks()
-        problems += self._distill_checks()
-        problems += self._redi_checks()
-        if self.algorithm.name == "mdlm" and self.sampling.posterior == "imdm":
-            problems.append("sampling.posterior: 'imdm' needs mask states; algorithm.name is 'mdlm'")
+        problems += self._run_name_checks()
         return problems
 
-    def _distill_checks(self) -> list[str]:
-        d, problems = self.distill, []
-        if self.init.from_run and self.init.from_run == self.run.name:
-            problems.append(f"init.from_run: run '{self.run.name}' cannot start from itself")
-        if self.algorithm.objective != "sdtt":
-            if d != DistillSection():
-                problems.append("distill: these settings need algorithm.objective = 'sdtt'")
-            return problems
-        if not self.init.from_run:
-            problems.append("init.from_run: distillation starts from a trained model; name its run")
-        if d.teacher_steps < 2 ** d.rounds:
-            problems.append(f"distill.teacher_steps: {d.teacher_steps} steps cannot halve {d.rounds} times "
-                            f"(distill.rounds); need at least {2 ** d.rounds}")
-        if self.train.steps > d.rounds * d.round_steps:
-            problems.append(f"train.steps: {self.train.steps} runs past the last round (distill.rounds x "
-                            f"distill.round_steps = {d.rounds * d.round_steps})")
-        return problems
-
-    def _redi_checks(self) -> list[str]:
-        a, d, problems = self.algorithm, self.data, []
-        if (a.objective == "redi") != (d.source == "couplings"):
-            problems.append("algorithm.objective: 'redi' trains on a coupling set and only it does: set both "
-                            "algorithm.objective = 'redi' and data.source = 'couplings', or neither")
-        if d.source == "couplings" and not d.couplings:
+    def _run_name_checks(self) -> list[str]:
+        """A run never reads itself: the run it starts from, the coupling set it trains on and the
+        teacher that generates a set are other runs."""
+        problems, name = [], self.run.name
+        if self.init.from_run and self.init.from_run == name:
+            problems.append(f"init.from_run: run '{name}' cannot start from itself")
+        if self.data.source == "couplings" and not self.data.couplings:
             problems.append("data.couplings: a couplings source needs the run name that generated the set")
-        if d.couplings and d.couplings == self.run.name:
-            problems.append(f"data.couplings: the student needs its own run.name, not the coupling set's "
-                            f"'{d.couplings}'")
-        if a.ignore_seed and (a.objective != "redi" or a.name != "imdm"):
-            problems.append("algorithm.ignore_seed: only IM-ReDi (objective 'redi', name 'imdm') uses mask-state seeds")
-        if self.couplings.teacher_run and self.couplings.teacher_run == self.run.name:
+        if self.data.couplings and self.data.couplings == name:
+            problems.append(f"data.couplings: the student needs its own run.name, not the coupling set's '{name}'")
+        if self.couplings.teacher_run and self.couplings.teacher_run == name:
             problems.append(f"couplings.teacher_run: the coupling set needs its own run.name, not the teacher's "
-                            f"'{self.run.name}'")
+                            f"'{name}'")
         return problems
 
     def _data_checks(self) -> list[str]:

@@ -13,8 +13,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 
 from imdm.models.dit import DiTConfig
 from imdm.run_loading import load_named_run
-from imdm.train.checkpoint import CheckpointError
-from imdm.train.ema import named_parameters
+from imdm.parallel.checkpoint import CheckpointError
+from imdm.parallel.ema import named_parameters
 
 SHAPE_FIELDS = ("d_model", "n_blocks", "n_heads", "cond_dim", "padded_vocab", "qk_norm")
 

@@ -1,5 +1,5 @@
 """The training loop: global-batch semantics over data-parallel ranks and micro-batches (each
-rank's loss sum is divided by the global valid-token count, or the algorithm's own count,
+rank's loss sum is divided by the global valid-token count, or the objective's own count,
 before backward), AdamW with warm-up, clipping, EMA sharded like the parameters, bf16
 autocast on GPU, FSDP2/HSDP, atomic (optionally asynchronous) DCP checkpoints with exact
 resume, SIGTERM and non-finite policies, and metrics (tokens/s, MFU, memory, data-wait share).
@@ -23,19 +23,19 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_s
                                                      set_state_dict)
 
 from imdm import rng
-from imdm.build import (build_algorithm, build_dataset, build_distillation, build_model, build_rectification,
-                        has_validation_split)
+from imdm.build import autocast_dtype, build_dataset, build_model, build_objective, build_process, has_validation_split
 from imdm.data.loader import make_loader
 from imdm.data.order import GlobalBatchOrder
 from imdm.eval.perplexity import nelbo_per_token
 from imdm.models.gemm_grad_linear import frozen_weight_copies, keep_weight_grads, zero_grads
 from imdm.parallel.grad_norm import clip_grad_norm
-from imdm.parallel.distributed import DistInfo, all_reduce_max, all_reduce_sum, checkpoint_group, host_to_device
+from imdm.devices import host_to_device
+from imdm.parallel.distributed import DistInfo, all_reduce_max, all_reduce_sum, checkpoint_group
 from imdm.parallel.fsdp import reshard_all
 from imdm.recipe import Recipe
 from imdm.recipe.writer import recipe_to_toml
-from imdm.train.checkpoint import CheckpointManager, checkpoint_step, latest_checkpoint, load_checkpoint
-from imdm.train.ema import EMA
+from imdm.parallel.checkpoint import CheckpointManager, checkpoint_step, latest_checkpoint, load_checkpoint
+from imdm.parallel.ema import EMA
 from imdm.train.faults import NonFinitePolicy, StopRequest, maybe_inject_failure
 from imdm.train.flops import device_peak_flops, flops_per_token
 from imdm.train.init_from_run import load_ema_weights
@@ -57,13 +57,6 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
-    p = recipe.train.precision
-    if p == "bf16" or (p == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
 class Trainer:
     def __init__(self, recipe: Recipe, dist: DistInfo):
         self.recipe, self.dist = recipe, dist
@@ -71,14 +64,8 @@ class Trainer:
         self.run_dir = Path(recipe.run.output_dir) / recipe.run.name
         self.dataset = build_dataset(recipe, recipe.data.split, dist.is_main)
         self.model = training_model(recipe, self.dataset.model_vocab, self.dataset.mask_id, dist)
-        self.diffusion = build_algorithm(recipe, self.dataset.mask_id, self.device)   # sampling and the NELBO
-        objective = recipe.algorithm.objective
-        if objective == "sdtt":
-            self.algorithm = build_distillation(recipe, self.diffusion, self._teacher_model())
-        elif objective == "redi":   # trains on the coupling fields each batch carries
-            self.algorithm = build_rectification(recipe, self.diffusion)
-        else:
-            self.algorithm = self.diffusion
+        self.process = build_process(recipe, self.dataset.mask_id, self.device)   # sampling and the NELBO
+        self.objective = build_objective(recipe, self.process, self._teacher_model)
         o = recipe.optimizer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
                                            eps=o.eps, weight_decay=o.weight_decay, fused=True)
@@ -100,6 +87,7 @@ class Trainer:
         self.staging_wait_s = 0.0
         self.step = 0
         self._batches = None
+        self._val_dataset = None
 
     def _teacher_model(self) -> torch.nn.Module:
         """A model built and sharded like the student (no activation checkpointing: it never
@@ -122,8 +110,9 @@ class Trainer:
         else:
             model_sd = get_model_state_dict(self.model)
         state["model"] = {k: v.detach() for k, v in model_sd.items()}   # plain tensors: DCP's GPU stager cannot copy Parameters
-        if hasattr(self.algorithm, "state_dict"):   # e.g. the distillation teacher
-            state["algorithm"] = self.algorithm.state_dict()
+        objective_state = self.objective.state_dict()   # e.g. the distillation teacher
+        if objective_state:
+            state["algorithm"] = objective_state
         if include_data:   # pickled: the loader's state may hold objects DCP's stager cannot copy
             state["data"] = {f"rank_{self.dist.rank}": pickle.dumps(self.loader.state_dict())}
         return state
@@ -154,7 +143,7 @@ class Trainer:
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self.ema.load_state_dict(state["ema"])
         if "algorithm" in state:
-            self.algorithm.load_state_dict(state["algorithm"])
+            self.objective.load_state_dict(state["algorithm"])
         self.step = int(state["progress"]["step"])
         if self.step != checkpoint_step(path):
             raise RuntimeError(f"{path}: meta step {checkpoint_step(path)} != stored step {self.step}")
@@ -191,12 +180,10 @@ class Trainer:
         return batch
 
     def _loss_count(self, batch: dict) -> float:
-        """Host count of the positions this micro-batch's loss is averaged over: the valid tokens
-        (NELBO), or what the algorithm's `loss_count` says (e.g. masked positions)."""
-        counter = getattr(self.algorithm, "loss_count", None)
-        if counter is None:
-            return float(batch["valid"].sum())
-        return float(counter(batch["global_index"], self.recipe.train.global_batch, self.step, batch["valid"]))
+        """Host count of the positions this micro-batch's loss is averaged over (the objective's
+        `loss_count`: valid tokens for the NELBO, masked ones for distillation)."""
+        return float(self.objective.loss_count(batch["global_index"], self.recipe.train.global_batch, self.step,
+                                               batch["valid"]))
 
     def train_step(self) -> tuple[torch.Tensor, float]:
         """One optimizer step over the global batch: (global mean loss as a device tensor,
@@ -209,15 +196,14 @@ class Trainer:
         tick = time.perf_counter()
         batches = [self._next_batch() for _ in range(self.micro_per_step)]
         waited = time.perf_counter() - tick
-        if hasattr(self.algorithm, "begin_step"):   # e.g. a distillation round starts
-            self.algorithm.begin_step(self.step, self.model)
+        self.objective.begin_step(self.step, self.model)   # e.g. a distillation round starts
         local_count = sum(self._loss_count(b) for b in batches)   # CPU tensors: no device sync
         if self.dist.world_size > 1:
             count = all_reduce_sum(host_to_device(torch.tensor(local_count), self.device)).clamp_min(1.0)
         else:
             count = max(local_count, 1.0)
         total = torch.zeros((), device=self.device)
-        sharded = hasattr(self.model, "set_requires_gradient_sync")
+        sharded = self.dist.world_size > 1   # FSDP2 (training_model shards every multi-rank run)
         with frozen_weight_copies(self.model, self.amp_dtype):   # the kept-gradient layers' weights, cast once
             for i, batch in enumerate(batches):
                 if sharded:   # reduce gradients and reshard parameters once per step, after the last micro-batch
@@ -227,7 +213,7 @@ class Trainer:
                 x0 = batch["tokens"].to(self.device, non_blocking=True)
                 self._seed_dropout(int(batch["global_index"][0]))
                 with self._autocast():
-                    loss_sum = self.algorithm.loss(self.model, x0, batch["global_index"], r.train.global_batch,
+                    loss_sum = self.objective.loss(self.model, x0, batch["global_index"], r.train.global_batch,
                                                    self.step, valid=batch["valid"], **batch.get("extras", {}))
                 (loss_sum * (self.dist.world_size / count)).backward()   # FSDP averages over ranks
                 total += loss_sum.detach()
@@ -269,9 +255,9 @@ class Trainer:
         r = self.recipe
         if not has_validation_split(r):
             return None
-        if not hasattr(self, "_val_dataset"):
+        if self._val_dataset is None:
             self._val_dataset = build_dataset(r, "validation", self.dist.is_main)
-        nelbo, _ = nelbo_per_token(model, self.diffusion, self._val_dataset, r.train.micro_batch, r.train.eval_batches,
+        nelbo, _ = nelbo_per_token(model, self.process, self._val_dataset, r.train.micro_batch, r.train.eval_batches,
                                    self.device, r.run.seed)
         reshard_all(model)   # the EMA update and the optimizer work on the shards
         return nelbo

@@ -18,7 +18,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from imdm.parallel.distributed import barrier
-from imdm.train.staging import PinnedStager
+from imdm.parallel.staging import PinnedStager
 
 def _quiet(fn, *args, **kwargs):
     """Run a DCP call without its warning that no process group exists (one process is a
