@@ -14,8 +14,10 @@ Measured: one H200 (benchmarks/gelu_mlp.py, weight gradients kept): the MLP's fo
           d87c499 against f7baa10 in the same call +2.3% (large) and +1.9% (small) tokens/s.
 
 The two GEMMs are custom ops (kernels/cublaslt.py on CUDA, the eager references below on other
-devices); `gelu_mlp` is their autograd composition with the down-projection and the weight
-gradients (accumulated into float32 `.grad` in place, as GemmGradLinear does, when given).
+devices, and on CUDA after one warning when that cuBLASLt is missing or of a version outside
+its SUPPORTED_VERSIONS); `gelu_mlp` is their autograd composition with the down-projection and
+the weight gradients (accumulated into float32 `.grad` in place, as GemmGradLinear does, when
+given).
 The DiT chooses it with imdm.kernels.backend.kernel_chosen: backend "auto" on CUDA tensors,
 "triton" everywhere (the references on CPU), "eager" never (autograd through nn.Linear and
 nn.GELU).
@@ -59,11 +61,21 @@ def matmul_dgelu_reference(dy: Tensor, weight: Tensor, u: Tensor) -> Tensor:
     return ((_wide(dy) @ _wide(weight)) * gelu_tanh_derivative(_wide(u))).to(u.dtype)
 
 
-def _cublaslt_eligible(x: Tensor, weight: Tensor) -> bool:
-    """cuBLASLt runs 16-bit CUDA operands whose rows are whole 16-byte units; the references run
-    the rest (float32 operands, odd widths, other devices)."""
+def _cublaslt_shapes(x: Tensor, weight: Tensor) -> bool:
+    """cuBLASLt runs 16-bit CUDA operands whose rows are whole 16-byte units."""
     return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and weight.shape[0] % 8 == 0 \
         and weight.shape[1] % 8 == 0
+
+
+def _cublaslt_eligible(x: Tensor, weight: Tensor) -> bool:
+    """Operands cuBLASLt runs (_cublaslt_shapes) with a cuBLASLt it can call: one that loads, of a
+    version whose enum values imdm.kernels.cublaslt holds (else it warns once per process, naming
+    why and the version found). The references run the rest (float32 operands, odd widths, other
+    devices, no usable cuBLASLt)."""
+    if not _cublaslt_shapes(x, weight):
+        return False
+    from imdm.kernels import cublaslt
+    return cublaslt.usable()
 
 
 @torch.library.custom_op("imdm::linear_gelu", mutates_args=())

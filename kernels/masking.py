@@ -1,25 +1,23 @@
-"""Masking kernels: the forward process and the IMDM mask-state noise, one pass each.
+"""Masking kernels: the IMDM mask-state noise in one pass.
 
 Fuses the counter-based hash (imdm.rng: dozens of element-wise int64 ops emulating uint32
 words; here native uint32, each row's keys derived once), the uniform/Box-Muller transform and
 the output write. Computes, with the same numbers as:
-  forward_mask     mask_positions + apply_mask                 -> (z_t, masked)
   mask_noise_rows  torch.compile(mask_noise_rows) in training  -> eps rows [M, dim]
   mask_noise       the sampler's eager mask_noise              -> eps [B, L, dim]
-Training and sampling use the two noise kernels; training draws its masks on the host (no
-device sync to find the masked rows), so `forward_mask` serves callers that hold x0 on the GPU.
-The eager references are imdm.diffusion.forward_process. Masks and 'uniform' noise are
-bit-identical; 'normal' differs only by the log/cos implementations (libdevice on CUDA, numpy
-under the Triton interpreter, against torch's): |diff| <= 1e-5 (1 + |eps|). bf16 output is the
-kernel's float32 result rounded to nearest even, as torch casts it.
+Training and sampling use the two. The masks themselves come from the eager
+imdm.diffusion.forward_process (training draws them on the host: no device sync to find the
+masked rows), which also holds these kernels' references. 'uniform' noise is bit-identical;
+'normal' differs only by the log/cos implementations (libdevice on CUDA, numpy under the Triton
+interpreter, against torch's): |diff| <= 1e-5 (1 + |eps|). bf16 output is the kernel's float32
+result rounded to nearest even, as torch casts it.
 H100, B 32 x L 1024, half masked, dim 2048 (benchmarks/kernel_masking.py): eps rows in float32
 take 46 us (~88% of HBM bandwidth) against 183 us for the compiled reference (H200: 68%).
 
 The Triton kernels live in masking_triton.py, imported only when one runs. Each op is a
-torch.library custom op (imdm::forward_mask, imdm::mask_noise_rows, imdm::mask_noise) so
-compiled graphs hold it. `backend`: "auto" runs Triton on CUDA tensors and the reference
-elsewhere, "triton" forces the kernel (the interpreter on CPU tensors when TRITON_INTERPRET=1),
-"eager" the reference.
+torch.library custom op (imdm::mask_noise_rows, imdm::mask_noise) so compiled graphs hold it.
+`backend`: "auto" runs Triton on CUDA tensors and the reference elsewhere, "triton" forces the
+kernel (the interpreter on CPU tensors when TRITON_INTERPRET=1), "eager" the reference.
 """
 
 from typing import Optional
@@ -30,18 +28,6 @@ from imdm.diffusion import forward_process as reference
 from imdm.kernels.backend import use_triton
 
 DISTS = ("uniform", "normal")
-
-
-@torch.library.custom_op("imdm::forward_mask", mutates_args=())
-def _forward_mask_op(x0: torch.Tensor, seeds: torch.Tensor, move_prob: torch.Tensor,
-                     mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from imdm.kernels.masking_triton import launch_forward_mask
-    return launch_forward_mask(x0, seeds, move_prob, mask_id)
-
-
-@_forward_mask_op.register_fake
-def _(x0, seeds, move_prob, mask_id):
-    return torch.empty_like(x0), torch.empty_like(x0, dtype=torch.bool)
 
 
 @torch.library.custom_op("imdm::mask_noise_rows", mutates_args=())
@@ -83,17 +69,6 @@ def _generation(generation, device) -> tuple[Optional[torch.Tensor], int]:
     if isinstance(generation, torch.Tensor):
         return generation.to(device=device, dtype=torch.int64).reshape(-1).contiguous(), 0
     return None, generation
-
-
-def forward_mask(x0: torch.Tensor, seeds: torch.Tensor, move_prob: torch.Tensor, mask_id: int,
-                 backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """(z_t [B, L], masked [B, L] bool) of clean tokens x0 [B, L]: position i of sample b is masked
-    with probability move_prob[b]; the draws of `mask_positions`, the z_t of `apply_mask`."""
-    seeds, move_prob = seeds.to(x0.device, torch.int64), move_prob.to(x0.device, torch.float32)
-    if not use_triton(backend, x0):
-        masked = reference.mask_positions(seeds, x0.shape[1], move_prob)
-        return reference.apply_mask(x0, masked, mask_id), masked
-    return torch.ops.imdm.forward_mask(x0.contiguous(), seeds.contiguous(), move_prob.contiguous(), mask_id)
 
 
 def mask_noise_rows(seeds: torch.Tensor, positions: torch.Tensor, dim: int, dist: str,

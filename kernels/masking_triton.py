@@ -1,5 +1,5 @@
 """Triton kernels of imdm.kernels.masking (imported only when a kernel runs, so the package
-works without Triton): the forward mask and the mask-state noise from the counter-based hash."""
+works without Triton): the mask-state noise from the counter-based hash."""
 
 import torch
 import triton
@@ -8,20 +8,6 @@ from triton.language.extra import libdevice
 
 from imdm import rng
 from imdm.kernels.hash32 import stream_keys, uniform24
-
-
-@triton.jit
-def _forward_mask_kernel(x0_ptr, seed_ptr, prob_ptr, z_ptr, masked_ptr, seq_len, mask_id,
-                         STREAM: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(0)
-    pos = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    live = pos < seq_len
-    k1, k2 = stream_keys(tl.load(seed_ptr + b), STREAM)
-    masked = uniform24(pos.to(tl.uint32), k1, k2) < tl.load(prob_ptr + b)
-    offs = b.to(tl.int64) * seq_len + pos
-    x0 = tl.load(x0_ptr + offs, mask=live)
-    tl.store(z_ptr + offs, tl.where(masked, mask_id, x0).to(x0.dtype), mask=live)
-    tl.store(masked_ptr + offs, masked, mask=live)
 
 
 @triton.jit
@@ -100,14 +86,3 @@ def launch_noise(seeds, positions, seq_len, dim, dist, generation, generation_sc
         NORMAL=dist == "normal", INTERPRETED=not seeds.is_cuda, STREAM=rng.STREAM_EPS,
         BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
     return out
-
-
-def launch_forward_mask(x0, seeds, move_prob, mask_id):
-    """(z_t, masked) of x0 [B, L]."""
-    z, masked = torch.empty_like(x0), torch.empty(x0.shape, dtype=torch.bool, device=x0.device)
-    batch, seq_len = x0.shape
-    if x0.numel():
-        block = min(triton.next_power_of_2(seq_len), 1024)
-        _forward_mask_kernel[(batch, triton.cdiv(seq_len, block))](
-            x0, seeds, move_prob, z, masked, seq_len, mask_id, STREAM=rng.STREAM_MASK, BLOCK=block)
-    return z, masked

@@ -16,8 +16,7 @@ SCRIPT = textwrap.dedent("""
                  "sampling.batch=4"]) == 0
     assert main(["sample", sys.argv[1] + "/quickstart", "--device", "cpu"]) == 0
     try:
-        masking.forward_mask(torch.zeros(2, 3, dtype=torch.long), torch.arange(2), torch.full((2,), 0.5), 9,
-                             backend="triton")
+        masking.mask_noise_rows(torch.arange(2), torch.arange(2), 4, "uniform", backend="triton")
     except RuntimeError as err:
         print("ERROR:", err)
 """)
