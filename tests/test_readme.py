@@ -1,19 +1,22 @@
-"""The README's recipe reference is the one the schema generates, and CI runs its test command."""
+"""docs/recipes.md is what the schema and the registry generate, and CI runs the README's test
+command."""
 
 import os
 
-from imdm.recipe.reference import markdown_reference
+from imdm.tools.recipe_reference import document
 
 
-def test_readme_recipe_reference_is_current(repo_root):
-    with open(os.path.join(repo_root, "README.md")) as f:
-        readme = f.read()
-    assert markdown_reference() in readme, "regenerate with: python -m imdm.recipe.reference"
+def _read(repo_root: str, *path: str) -> str:
+    with open(os.path.join(repo_root, *path)) as f:
+        return f.read()
+
+
+def test_recipe_reference_is_current(repo_root):
+    assert document() == _read(repo_root, "docs", "recipes.md"), "regenerate: python -m imdm.tools.recipe_reference"
 
 
 def test_ci_runs_the_readme_test_command(repo_root):
-    with open(os.path.join(repo_root, "README.md")) as f:
-        readme = f.read()
-    with open(os.path.join(repo_root, ".ci", "run")) as f:
-        ci = f.read()
-    assert "python -m pytest -q" in readme and "\npython -m pytest -q\n" in ci
+    readme = _read(repo_root, "README.md")
+    ci_lines = [line.strip() for line in _read(repo_root, ".ci", "run").splitlines()]
+    assert "bash scripts/test.sh" in readme, "the README names the test command"
+    assert "bash scripts/test.sh" in ci_lines, ".ci/run runs the README's test command"

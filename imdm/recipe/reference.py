@@ -1,5 +1,5 @@
-"""The recipe reference as Markdown, generated from the schema (the README embeds it and a test
-keeps the two equal): `python -m imdm.recipe.reference`."""
+"""The recipe keys as Markdown tables, generated from the schema (imdm.tools.recipe_reference
+writes them into docs/recipes.md)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,3 @@ def markdown_reference() -> str:
         out.append("")
     return "\n".join(out)
 
-
-if __name__ == "__main__":
-    print(markdown_reference())
