@@ -85,12 +85,13 @@ def _device(name: str):
 
 def cmd_sample(args) -> int:
     from imdm.build import sampler_settings
+    from imdm import rng
     from imdm.sampling.ancestral import generation_seeds
     from imdm.run_loading import load_run
     run = load_run(args.run_dir, _device(args.device), args.overrides)
     s = run.recipe.sampling
     steps = args.steps or s.steps[-1]
-    seeds = generation_seeds(s.seed, 0, args.num_samples)
+    seeds = generation_seeds(s.seed, 0, args.num_samples, rng.STREAM_EVAL_SEED)
     result = run.process.sample(run.model, sampler_settings(run.recipe, steps),
                                 seeds.to(run.model.token_embed.device), run.recipe.data.seq_len)
     out = {"run_dir": str(args.run_dir), "step": run.step, "steps": steps, "nfe": result.nfe,
@@ -108,8 +109,7 @@ def cmd_sample(args) -> int:
 
 def cmd_eval(args) -> int:
     from pathlib import Path
-    from imdm.eval.synthetic_eval import evaluate_synthetic
-    from imdm.quickstart import format_table
+    from imdm.eval.synthetic_eval import evaluate_synthetic, format_table
     from imdm.run_loading import load_run
     device = _device(args.device)
     run = load_run(args.run_dir, device, args.overrides)

@@ -68,7 +68,7 @@ def _chunk(recipe: Recipe, teacher: LoadedRun, settings: SamplerSettings, datase
            index: range, device: torch.device) -> dict[str, torch.Tensor]:
     """Couplings `index`: the arrays of the set for those rows."""
     c = recipe.couplings
-    seeds = generation_seeds(c.seed, index.start, len(index))
+    seeds = generation_seeds(c.seed, index.start, len(index), rng.STREAM_COUPLING_SEED)
     clean, length = None, torch.full((len(index),), dataset.seq_len, dtype=torch.int32)
     if c.start == "perturbed":
         clean, valid = dataset.rows(torch.cat([order.global_rows(i) for i in index]))

@@ -7,24 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from imdm.eval.synthetic_eval import evaluate_synthetic
+from imdm.eval.synthetic_eval import evaluate_synthetic, format_table
 from imdm.parallel.distributed import init_distributed
 from imdm.algorithms.registry import load_recipe
 from imdm.run_loading import load_run
 from imdm.train.trainer import Trainer
 
 METHODS = ("mdlm", "imdm")
-
-
-def format_table(rows: list[dict], vocab_size: int, seq_len: int) -> str:
-    floor = float(vocab_size) ** -(seq_len - 1)
-    lines = [f"synthetic task: V={vocab_size}, L={seq_len}; a factorised one-step draw from all-mask "
-             f"is valid with probability V^-(L-1) = {floor:.2g}",
-             f"{'method':<8}{'steps':>6}{'nfe':>8}{'validity':>10}{'coverage':>12}"]
-    for r in rows:
-        lines.append(f"{r['method']:<8}{r['steps']:>6}{r['nfe']:>8.1f}{r['validity']:>10.3f}"
-                     f"{str(r['coverage']) + '/' + str(min(vocab_size, r['num_samples'])):>12}")
-    return "\n".join(lines)
 
 
 def run_quickstart(output_dir: str, recipe_path: str = "builtin:quickstart", overrides=()) -> list[dict]:

@@ -17,9 +17,11 @@ import torch
 MASK32 = 0xFFFFFFFF
 
 STREAM_TIME = 1
-STREAM_SAMPLE_SEED = 2
+STREAM_SAMPLE_SEED = 2     # training: each sequence's seed of a step
 STREAM_MASK = 3
 STREAM_EPS = 4          # + 2 * generation for the Box-Muller pair's second half
+STREAM_EVAL_SEED = 5       # evaluation and `imdm sample`: each generated sample's seed
+STREAM_COUPLING_SEED = 6   # coupling generation: each coupling's seed
 STREAM_CATEGORICAL = 1 << 20
 STREAM_REDRAW = 1 << 21
 STREAM_TEACHER = 1 << 22     # the distillation teacher's categorical draws

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from imdm import rng
 from imdm.couplings import FAIL_AFTER_ENV, generate_couplings
 from imdm.data.coupling_store import coupling_path, read_manifest
 from imdm.data.local_text import DataSourceError
@@ -116,7 +117,7 @@ def test_teacher_completion_keeps_clean_positions_and_fills_every_mask(runs):
     assert 0 < masked.sum() < masked.size and (x0 != mask).all()
     assert (x0[~masked] == z[~masked]).all()
     assert ((t >= 1e-3) & (t <= 1)).all() and len(np.unique(t)) == len(t)
-    assert np.array_equal(pairs["seed"], generation_seeds(42, 0, 20).numpy())
+    assert np.array_equal(pairs["seed"], generation_seeds(42, 0, 20, rng.STREAM_COUPLING_SEED).numpy())
     assert (pairs["length"] == DATA["seq_len"]).all()
     order = GlobalBatchOrder(DATA["num_sequences"], 1, 0)
     real = SyntheticRepeat(**DATA).rows(torch.cat([order.global_rows(i) for i in range(20)]))[0].numpy()

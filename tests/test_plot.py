@@ -6,7 +6,7 @@ from imdm.tools.plot_synthetic import PANEL_H, write_validity_plot
 
 
 def test_plot_has_a_line_per_method_with_points_at_their_values(tmp_path):
-    rows = [{"method": m, "steps": s, "validity": v, "coverage_fraction": c}
+    rows = [{"method": m, "steps": s, "validity": v, "coverage_ratio": c}
             for m, v0 in (("mdlm", 0.0), ("imredi", 1.0)) for s, v, c in ((1, v0, 0.5), (8, 1.0, 1.0))]
     path = tmp_path / "plot.svg"
     write_validity_plot(rows, path, "test")

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from imdm import rng
 from imdm.algorithms.masked_diffusion import MaskedDiffusion
 from imdm.algorithms.redi import Rectification
 from imdm.build import data_origin
@@ -61,7 +62,7 @@ def _recording(model):
 
 def _couplings(model, steps=4):
     algorithm = MaskedDiffusion(LogLinearSchedule(), MASK, seed=5, mask_state=model.cfg.mask_state)
-    seeds = generation_seeds(42, 0, B)
+    seeds = generation_seeds(42, 0, B, rng.STREAM_COUPLING_SEED)
     clean = SyntheticRepeat(V, L, 100).rows(torch.arange(B))[0]
     t, z = coupling_starts(seeds, clean, algorithm.schedule, MASK, L, "perturbed")
     settings = SamplerSettings(steps=steps, posterior="imdm")
@@ -105,7 +106,7 @@ def test_ignore_seed_draws_fresh_eps():
 def test_redi_loss_equals_the_direct_formula(mask_states):
     model = _model(mask_states, randomise=True)
     algorithm = MaskedDiffusion(LogLinearSchedule(), MASK, seed=5, mask_state=model.cfg.mask_state)
-    seeds = generation_seeds(7, 0, 3)
+    seeds = generation_seeds(7, 0, 3, rng.STREAM_COUPLING_SEED)
     z = torch.tensor([[MASK, 3, MASK, MASK, 1, MASK], [2, 2, 2, 2, 2, 2], [MASK] * L])
     x0 = torch.tensor([[4, 3, 0, 9, 1, 11], [2, 2, 2, 2, 2, 2], [5, 6, 7, 8, 9, 10]])
     t = torch.tensor([0.3, 0.01, 1.0], dtype=torch.float64)

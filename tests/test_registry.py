@@ -93,7 +93,7 @@ def test_a_toy_algorithm_trains_resumes_and_samples(toy, tmp_path, capsys):
 
 def _seeds(n):
     from imdm.sampling.ancestral import generation_seeds
-    return generation_seeds(42, 0, n)
+    return generation_seeds(42, 0, n, rng.STREAM_EVAL_SEED)
 
 
 def test_recipes_are_checked_against_the_registry(toy):

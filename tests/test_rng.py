@@ -88,3 +88,17 @@ def test_mask_noise_distributions_and_redraw_generations():
     gen[:, 5] = 3
     redrawn = mask_noise(seeds, 32, 16, "uniform", gen)
     assert torch.equal(redrawn[:, :5], u[:, :5]) and not torch.equal(redrawn[:, 5], u[:, 5])
+
+
+def test_evaluation_seeds_never_meet_coupling_or_training_seeds():
+    """The same root seed (42 is every default) gives disjoint seed sets to evaluation samples,
+    couplings and training sequences, so no evaluated sample starts from a mask state a model
+    was trained on or a coupling was generated from."""
+    from imdm.diffusion.times import sample_seeds
+    from imdm.sampling.ancestral import generation_seeds
+    n = 50_000
+    evaluation = set(generation_seeds(42, 0, n, rng.STREAM_EVAL_SEED).tolist())
+    couplings = set(generation_seeds(42, 0, n, rng.STREAM_COUPLING_SEED).tolist())
+    training = set(torch.cat([sample_seeds(42, step, torch.arange(512)) for step in range(100)]).tolist())
+    assert len(evaluation) == len(couplings) == n and len(training) == 51_200
+    assert not evaluation & couplings and not evaluation & training and not couplings & training

@@ -37,7 +37,7 @@ def _panel(rows: list[dict], key: str, title: str, x0: float, methods: list[str]
 
 
 def write_validity_plot(rows: list[dict], path: Path, title: str) -> None:
-    """Write the two-panel SVG for `rows` ({method, steps, validity, coverage_fraction})."""
+    """Write the two-panel SVG for `rows` ({method, steps, validity, coverage_ratio})."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     steps = sorted({r["steps"] for r in rows})
     width, height = 2 * PANEL_W + 170, PANEL_H + 30
@@ -45,7 +45,7 @@ def write_validity_plot(rows: list[dict], path: Path, title: str) -> None:
             f'<rect width="{width}" height="{height}" fill="white"/>',
             f'<text x="{PANEL_W}" y="{height - 4}" text-anchor="middle" font-size="12">{title}</text>']
     body += _panel(rows, "validity", "validity", 0, methods, steps)
-    body += _panel(rows, "coverage_fraction", "coverage (fraction)", PANEL_W, methods, steps)
+    body += _panel(rows, "coverage_ratio", "coverage ratio", PANEL_W, methods, steps)
     for i, method in enumerate(methods):
         y = 30 + 18 * i
         body.append(f'<rect x="{2 * PANEL_W + 10}" y="{y - 9}" width="12" height="12" fill="{COLORS[i % len(COLORS)]}"/>')

@@ -140,10 +140,12 @@ class MaskedDiffusion(Objective):
 
     def sample(self, model: DiT, settings: SamplerSettings, seeds: torch.Tensor, seq_len: int,
                prefix: torch.Tensor | None = None, start: torch.Tensor | None = None,
-               t_start: float | torch.Tensor = 1.0) -> SampleResult:
+               t_start: float | torch.Tensor = 1.0, noise_seeds: torch.Tensor | None = None) -> SampleResult:
         """Ancestral sampling with the model in eval mode; float64-exact categorical draws
         (`settings.kernel`: the fused Triton step or its eager reference). `start` [B, L] at
-        time `t_start` completes a partially masked sequence."""
+        time `t_start` completes a partially masked sequence. The mask states derive from
+        `noise_seeds` [B] (default: `seeds`, which fix the seeded draws): samples given one
+        noise seed and different seeds share their mask states and differ in their draws."""
         if model.cfg.time_conditioning and settings.cached:
             raise ValueError("cached sampling reuses x_theta across times: invalid with time conditioning")
 
@@ -153,13 +155,16 @@ class MaskedDiffusion(Objective):
 
         noise_for = None
         if self.mask_state is not None:
-            def noise_for(s, generation):
-                return self.noise(s, seq_len, generation)
+            states = seeds if noise_seeds is None else noise_seeds
+
+            def noise_for(_, generation):
+                return self.noise(states, seq_len, generation)
         was_training = model.training
         model.eval()
         try:
             return ancestral_sample(denoise, self.schedule, settings, seeds, seq_len, self.mask_id,
-                                    noise_for, prefix, start, t_start)
+                                    noise_for, prefix, start, t_start,
+                                    None if self.mask_state is None else self.mask_state.noise_dist)
         finally:
             model.train(was_training)
 
@@ -185,12 +190,28 @@ def _sampler_settings(recipe: Recipe, steps: int, mask_states: bool) -> SamplerS
     posterior = s.posterior if s.posterior != "auto" else ("imdm" if mask_states else "mdlm")
     return SamplerSettings(steps=steps, posterior=posterior, fix_eps=s.fix_eps,
                            cached=s.cached and not recipe.algorithm.time_conditioning,
-                           temperature=s.temperature, top_p=s.top_p, kernel=s.kernel)
+                           temperature=s.temperature, top_p=s.top_p, kernel=s.kernel,
+                           noise_removal=s.noise_removal, draws=s.draws, eps_digits=s.eps_digits)
 
 
 def _check_mdlm(recipe: Recipe) -> list[str]:
+    problems = []
     if recipe.sampling.posterior == "imdm":
-        return ["sampling.posterior: 'imdm' needs mask states; algorithm.name is 'mdlm'"]
+        problems.append("sampling.posterior: 'imdm' needs mask states; algorithm.name is 'mdlm'")
+    if recipe.sampling.draws == "eps":
+        problems.append("sampling.draws: 'eps' draws from the mask states; algorithm.name 'mdlm' has none")
+    return problems
+
+
+def _check_imdm(recipe: Recipe) -> list[str]:
+    a, s = recipe.algorithm, recipe.sampling
+    if s.draws != "eps":
+        return []
+    if a.num_masks > 0:
+        return ["sampling.draws: 'eps' reads continuous mask states; algorithm.num_masks > 0 has a finite set"]
+    if s.eps_digits + 1 > a.noise_dim:
+        return [f"sampling.eps_digits: {s.eps_digits} digits and the unmasking time need {s.eps_digits + 1} "
+                f"mask-state coordinates; algorithm.noise_dim is {a.noise_dim}"]
     return []
 
 
@@ -201,4 +222,5 @@ register_process(ProcessSpec(
 register_process(ProcessSpec(
     "imdm", "infinite mask diffusion (IMDM): a continuous state at each masked position",
     functools.partial(_build, mask_states=True), functools.partial(_sampler_settings, mask_states=True),
-    model_options=lambda recipe: {"mask_state": _mask_state(recipe)}, family="masked", mask_states=True))
+    model_options=lambda recipe: {"mask_state": _mask_state(recipe)}, family="masked", mask_states=True,
+    check=_check_imdm))

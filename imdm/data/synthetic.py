@@ -3,6 +3,8 @@ The mask token is appended at id V, so the model has V + 1 outputs."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from imdm import rng
@@ -44,10 +46,17 @@ def validity(samples: torch.Tensor) -> torch.Tensor:
     return (samples == samples[:, :1]).all(dim=1)
 
 
+def uniform_coverage(vocab_size: int, draws: int) -> float:
+    """Expected distinct values among `draws` uniform draws from `vocab_size`: V (1 - (1 - 1/V)^n)."""
+    return vocab_size * -math.expm1(draws * math.log1p(-1 / vocab_size))
+
+
 def synthetic_metrics(samples: torch.Tensor, vocab_size: int) -> dict:
-    """Validity (fraction of all-equal sequences) and coverage (distinct tokens among the valid
-    ones, also as a fraction of the most that len(samples) draws could cover)."""
+    """Validity (fraction of all-equal sequences), coverage (distinct tokens among the valid
+    ones) and the coverage ratio: coverage over the distinct count as many uniform draws as
+    there are samples would give (a model that covers the task uniformly scores about 1, a
+    collapsed one about 0)."""
     valid = validity(samples)
     distinct = int(torch.unique(samples[valid, 0]).numel()) if bool(valid.any()) else 0
     return {"validity": float(valid.float().mean()), "coverage": distinct,
-            "coverage_fraction": distinct / min(vocab_size, samples.shape[0])}
+            "coverage_ratio": distinct / uniform_coverage(vocab_size, samples.shape[0])}

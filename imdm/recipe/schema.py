@@ -212,6 +212,13 @@ class SamplingSection:
     kernel: str = spec("auto", choices=("auto", "triton", "eager"),
                        doc="sampler step: auto = the fused Triton kernel on GPU, else the eager float64 one")
     prefix_len: int = spec(0, ge=0, doc="positions clamped to data (conditional generation)")
+    noise_removal: str = spec("ancestral", choices=("ancestral", "greedy"),
+                              doc="the last step: an ancestral draw, or the argmax of x_theta (the reference's 'greedy')")
+    draws: str = spec("seeded", choices=("seeded", "eps"),
+                      doc="a step's random choices: from the per-sample seed, or (IMDM) from each position's fixed "
+                          "mask state (unmasking time and categorical draw: a deterministic map of eps)")
+    eps_digits: int = spec(3, gt=0, le=8, doc="draws = eps: mask-state coordinates composing a draw's uniform "
+                                               "(base-64 digits)")
     seed: int = spec(42, ge=0, doc="seed of the generated samples")
 
 

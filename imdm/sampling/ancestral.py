@@ -1,6 +1,9 @@
 """The reverse (ancestral) sampler of MDLM and IMDM: K steps on linspace(1, 1e-5, K + 1), the
 last step unmasking everything, so NFE <= K (fewer with caching). Each step is
-imdm.kernels.sampler_step: the fused Triton kernel on GPU, or its eager float64 reference."""
+imdm.kernels.sampler_step (the fused Triton kernel on GPU, or its eager float64 reference) with
+draws from the per-sample seeds, or with `draws = "eps"` imdm.sampling.eps_draws (draws from
+each position's own mask state). `noise_removal = "greedy"` makes the last step take the argmax
+of x_theta instead of a draw."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import torch
 from imdm import rng
 from imdm.diffusion.posterior import step_weights
 from imdm.kernels.sampler_step import sampler_step
+from imdm.sampling.eps_draws import eps_driven_step, eps_uniforms, greedy_tokens, unmasking
 
 T_END = 1e-5
 
@@ -32,6 +36,9 @@ class SamplerSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     kernel: str = "auto"             # sampler step: "auto" (Triton on GPU), "triton" or "eager"
+    noise_removal: str = "ancestral"  # the last step: "ancestral" draws, "greedy" takes x_theta's argmax
+    draws: str = "seeded"            # "seeded": from the per-sample seeds; "eps": from the mask states
+    eps_digits: int = 3              # draws = "eps": noise coordinates composing a draw's uniform
 
 
 @dataclass
@@ -40,10 +47,14 @@ class SampleResult:
     nfe: int
 
 
-def generation_seeds(seed: int, start: int, count: int) -> torch.Tensor:
+def generation_seeds(seed: int, start: int, count: int, stream: int) -> torch.Tensor:
     """Per-sample seeds of samples start .. start + count - 1 of a generation run with `seed`
-    (the same sample index gets the same seed whatever the batch size)."""
-    return rng.derive_seed(seed, torch.arange(start, start + count, dtype=torch.int64), rng.STREAM_SAMPLE_SEED)
+    (the same sample index gets the same seed whatever the batch size). `stream` says what the
+    samples are for: rng.STREAM_EVAL_SEED (evaluation, `imdm sample`) or rng.STREAM_COUPLING_SEED
+    (coupling generation); training draws its seeds in rng.STREAM_SAMPLE_SEED. Different streams
+    give unrelated seeds for the same (seed, index), so an evaluation never starts from the mask
+    states a model was trained on or a coupling was generated from."""
+    return rng.derive_seed(seed, torch.arange(start, start + count, dtype=torch.int64), stream)
 
 
 def time_grid(steps: int, t_start: float | torch.Tensor = 1.0) -> torch.Tensor:
@@ -53,24 +64,44 @@ def time_grid(steps: int, t_start: float | torch.Tensor = 1.0) -> torch.Tensor:
     return torch.linspace(t_start, T_END, steps + 1, dtype=torch.float64)
 
 
+def _start(seeds: torch.Tensor, seq_len: int, mask_id: int, prefix, start) -> torch.Tensor:
+    """The sequence generation starts from: `start`, or all-mask; `prefix` clamped in."""
+    if start is not None:
+        z = start.to(device=seeds.device, dtype=torch.int64).clone()
+    else:
+        z = torch.full((seeds.shape[0], seq_len), mask_id, dtype=torch.int64, device=seeds.device)
+    if prefix is not None:
+        z[:, : prefix.shape[1]] = prefix
+    return z
+
+
+def _step_alphas(schedule, grid: torch.Tensor, j: int, steps: int):
+    """(t, alpha_t, alpha_s) of step j: floats on a shared grid, [B] tensors on per-sample grids;
+    the last step's alpha_s is 1."""
+    t = grid[..., j]
+    alpha_t = schedule.alpha(t)
+    alpha_s = torch.ones_like(t) if j == steps - 1 else schedule.alpha(grid[..., j + 1])
+    if grid.dim() == 1:
+        return float(t), float(alpha_t), float(alpha_s)
+    return t, alpha_t, alpha_s
+
+
 @torch.no_grad()
 def ancestral_sample(denoise: Denoiser, schedule, settings: SamplerSettings, seeds: torch.Tensor,
                      seq_len: int, mask_id: int, noise_for: NoiseSource | None = None,
                      prefix: torch.Tensor | None = None, start: torch.Tensor | None = None,
-                     t_start: float | torch.Tensor = 1.0) -> SampleResult:
+                     t_start: float | torch.Tensor = 1.0, noise_dist: str | None = None) -> SampleResult:
     """Generate len(seeds) sequences. Every random choice derives from the per-sample seeds.
     `prefix` [B, P] clamps the first P positions to data (conditional generation). `start`
     [B, L] is a partially masked z at time `t_start` to complete (the grid then runs from
     t_start down; a [B] tensor gives each sample its own start and grid); by default
-    generation starts from all-mask at t = 1."""
-    batch, device = seeds.shape[0], seeds.device
-    if start is not None:
-        z = start.to(device=device, dtype=torch.int64).clone()
-    else:
-        z = torch.full((batch, seq_len), mask_id, dtype=torch.int64, device=device)
-    if prefix is not None:
-        z[:, : prefix.shape[1]] = prefix
-    generation = torch.zeros((batch, seq_len), dtype=torch.int64, device=device)
+    generation starts from all-mask at t = 1. `noise_dist` is the mask states' base noise
+    distribution, which eps-driven draws read."""
+    if settings.draws == "eps":
+        return _eps_driven_sample(denoise, schedule, settings, seeds, seq_len, mask_id, noise_for, prefix, start,
+                                  t_start, noise_dist)
+    z = _start(seeds, seq_len, mask_id, prefix, start)
+    generation = torch.zeros_like(z)
     noise = noise_for(seeds, generation) if noise_for is not None else None
     grid = time_grid(settings.steps, t_start)
     logits, nfe = None, 0
@@ -78,15 +109,14 @@ def ancestral_sample(denoise: Denoiser, schedule, settings: SamplerSettings, see
     for j in range(settings.steps):
         if not remaining:
             break
-        t = grid[..., j]
-        alpha_t = schedule.alpha(t)
-        alpha_s = torch.ones_like(t) if j == settings.steps - 1 else schedule.alpha(grid[..., j + 1])
-        if grid.dim() == 1:
-            t, alpha_t, alpha_s = float(t), float(alpha_t), float(alpha_s)
+        t, alpha_t, alpha_s = _step_alphas(schedule, grid, j, settings.steps)
         weights = step_weights(alpha_t, alpha_s, settings.posterior, settings.fix_eps)
         if logits is None or not settings.cached:
             logits = denoise(z, noise, t)
             nfe += 1
+        if j == settings.steps - 1 and settings.noise_removal == "greedy":
+            z = torch.where(z == mask_id, greedy_tokens(logits, mask_id), z)
+            break
         # without mask states (MDLM) there is nothing to re-draw: the whole stay mass keeps
         stay_keep, stay_redraw = (weights.stay_keep, weights.stay_redraw) if noise_for is not None \
             else (weights.stay, 0.0)
@@ -101,4 +131,34 @@ def ancestral_sample(denoise: Denoiser, schedule, settings: SamplerSettings, see
             noise = noise_for(seeds, generation)
         if unmasked or any_redrawn:
             logits = None
+    return SampleResult(z, nfe)
+
+
+def _eps_driven_sample(denoise: Denoiser, schedule, settings: SamplerSettings, seeds: torch.Tensor, seq_len: int,
+                       mask_id: int, noise_for: NoiseSource | None, prefix, start, t_start,
+                       noise_dist: str | None) -> SampleResult:
+    """ancestral_sample with eps-driven draws (imdm.sampling.eps_draws): mask states fixed for the
+    whole trajectory; a step in which no position's unmasking time falls costs nothing."""
+    if noise_for is None or noise_dist is None:
+        raise ValueError("eps-driven draws need mask states (an IMDM model)")
+    z = _start(seeds, seq_len, mask_id, prefix, start)
+    noise = noise_for(seeds, torch.zeros_like(z))
+    v, u = eps_uniforms(noise, noise_dist, settings.eps_digits)
+    grid = time_grid(settings.steps, t_start)
+    masked_share = 1 - schedule.alpha(grid[..., 0]).to(v.device)   # P(masked at the start time)
+    v = v * (masked_share[:, None] if masked_share.dim() == 1 else masked_share)   # unmask at or below it
+    logits, nfe = None, 0
+    for j in range(settings.steps):
+        t, _, alpha_s = _step_alphas(schedule, grid, j, settings.steps)
+        which = unmasking(z, v, alpha_s, mask_id)
+        if not bool(which.any()):
+            if not bool((z == mask_id).any()):
+                break
+            continue
+        if logits is None or not settings.cached:
+            logits = denoise(z, noise, t)
+            nfe += 1
+        greedy = j == settings.steps - 1 and settings.noise_removal == "greedy"
+        z = eps_driven_step(logits, z, which, u, mask_id, settings.temperature, settings.top_p, greedy)
+        logits = None
     return SampleResult(z, nfe)

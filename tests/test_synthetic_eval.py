@@ -1,0 +1,30 @@
+"""The synthetic evaluation's metrics on hand-made samples: validity, coverage ratio and the
+plug-in total correlation."""
+
+import math
+
+import torch
+
+from imdm.data.synthetic import synthetic_metrics, uniform_coverage
+from imdm.eval.synthetic_eval import plug_in_total_correlation
+
+
+def test_coverage_ratio_against_uniform_draws():
+    assert math.isclose(uniform_coverage(4, 2), 4 * (1 - (3 / 4) ** 2))
+    samples = torch.tensor([[0, 0, 0], [1, 1, 1], [1, 1, 1], [2, 0, 2]])
+    m = synthetic_metrics(samples, vocab_size=4)
+    assert m["validity"] == 0.75 and m["coverage"] == 2
+    assert math.isclose(m["coverage_ratio"], 2 / (4 * (1 - 0.75 ** 4)))
+    collapsed = synthetic_metrics(torch.zeros(1000, 3, dtype=torch.long), vocab_size=50_000)
+    assert collapsed["validity"] == 1.0 and collapsed["coverage_ratio"] < 0.002
+
+
+def test_plug_in_total_correlation():
+    same = torch.tensor([[[3, 3, 3]] * 4])                     # every replica one sequence: 0
+    assert plug_in_total_correlation(same) == 0.0
+    copies = torch.tensor([[[0, 0], [1, 1], [0, 0], [1, 1]]])   # two perfectly dependent fair bits: ln 2
+    assert math.isclose(plug_in_total_correlation(copies), math.log(2))
+    independent = torch.tensor([[[0, 0], [0, 1], [1, 0], [1, 1]]])
+    assert abs(plug_in_total_correlation(independent)) < 1e-12
+    both = torch.cat([copies, independent])                     # the mean over groups
+    assert math.isclose(plug_in_total_correlation(both), math.log(2) / 2)
