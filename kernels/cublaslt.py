@@ -4,8 +4,7 @@ PyTorch reaches cuBLASLt's bias epilogue (and a GELU one without its auxiliary o
 the two that training needs: GELU_AUX_BIAS (bias + GELU after the product, also writing the
 pre-activation) and DGELU (the product times GELU's derivative at that pre-activation). cuBLASLt's
 GELU is the tanh approximation. (DGELU_BGRAD, which also sums the bias gradient, runs as a plain
-GEMM and a separate epilogue kernel that took 0.6 ms at a large block's shape on an H200, slower
-than the GEMM itself: benchmarks/cublaslt_epilogues.py.)
+GEMM and a separate epilogue kernel slower than the GEMM itself: docs/performance.md.)
 This module binds the handful of cuBLASLt entry points that `gemm_epilogue` needs, from the
 library PyTorch itself loaded, after checking that library's version against SUPPORTED_VERSIONS
 (the enum values and the heuristic result's layout below are copied from its headers, not read

@@ -9,9 +9,7 @@ Replaces: Inductor's GELU kernel and its backward (a read of u and a write of th
           memory-bound passes over [tokens, 4d] between the compute-bound matmuls.
 Numerics: bias and GELU act on the float32 accumulator before rounding, and GELU's derivative on
           the unrounded product, where Inductor's path rounds both to bf16 first.
-Measured: one H200 (benchmarks/gelu_mlp.py, weight gradients kept): the MLP's forward + backward
-          2.710 against 2.835 ms (large, [16384, 1536]), 1.556 against 1.691 ms (small); training
-          d87c499 against f7baa10 in the same call +2.3% (large) and +1.9% (small) tokens/s.
+Measured: docs/performance.md (benchmarks/gelu_mlp.py).
 
 The two GEMMs are custom ops (kernels/cublaslt.py on CUDA, the eager references below on other
 devices, and on CUDA after one warning when that cuBLASLt is missing or of a version outside

@@ -11,8 +11,7 @@ masked rows), which also holds these kernels' references. 'uniform' noise is bit
 'normal' differs only by the log/cos implementations (libdevice on CUDA, numpy under the Triton
 interpreter, against torch's): |diff| <= 1e-5 (1 + |eps|). bf16 output is the kernel's float32
 result rounded to nearest even, as torch casts it.
-H100, B 32 x L 1024, half masked, dim 2048 (benchmarks/kernel_masking.py): eps rows in float32
-take 46 us (~88% of HBM bandwidth) against 183 us for the compiled reference (H200: 68%).
+Measured: docs/performance.md (benchmarks/kernel_masking.py).
 
 The Triton kernels live in masking_triton.py, imported only when one runs. Each op is a
 torch.library custom op (imdm::mask_noise_rows, imdm::mask_noise) so compiled graphs hold it.

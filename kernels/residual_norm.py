@@ -11,12 +11,7 @@ Dropout:  entry i of the flat [B, L, d] branch is dropped when imdm.rng.uniform2
           2^32, STREAM_RESIDUAL_DROPOUT) < p, kept ones scaled by 1 / (1 - p): the mask is a
           function of (seed, position), recomputed in the backward (never stored) and the same
           on every device and backend.
-Measured: one H200, [16, 1024, 1536], bf16 branch (benchmarks/kernel_residual_norm.py): forward
-          0.088 ms (72% of HBM) against 0.117 ms for Inductor's compile of the reference. With
-          the first, one-kernel backward (1198eda): a large DiT block 6.28 ms forward + backward
-          against 6.45 ms (benchmarks/block_breakdown.py), training +3.3-4.1% (large) and
-          +5.0-5.9% (small) tokens/s. The two-kernel backward since: 0.343 ms per large block
-          against 0.438, no end-to-end change beyond run-to-run spread (README, "Measured").
+Measured: docs/performance.md (benchmarks/kernel_residual_norm.py, benchmarks/block_breakdown.py).
 
 Both passes are torch.library.triton_op's: torch.compile traces into them and launches the
 kernels from its own generated code, with no per-call dispatch on the host (Inductor's CPU

@@ -1,4 +1,4 @@
-"""GPU checks (skipped without CUDA; run on the lent H100): seeded randomness is identical on
+"""GPU checks (skipped without CUDA): seeded randomness is identical on
 CPU and GPU, SDPA's fused kernels agree with math attention in bf16, a bf16-autocast
 training run learns, and training steps never wait for the GPU."""
 
