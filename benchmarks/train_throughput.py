@@ -2,7 +2,7 @@
 training step (loader, loss, backward, clipping, AdamW, EMA) for a recipe, timed after warm-up;
 optionally the loop's stall for an asynchronous checkpoint. Launch with torchrun for several GPUs.
 
-    python benchmarks/train_throughput.py --recipe recipes/owt.toml [--steps 20] [key=value ...]
+    python -m benchmarks.train_throughput --recipe recipes/owt.toml [--steps 20] [key=value ...]
 """
 
 from __future__ import annotations
@@ -10,23 +10,19 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.results_io import write_result  # noqa: E402
-from benchmarks.trace_summary import format_summary, load_trace, summarize  # noqa: E402
-from imdm.build import build_model  # noqa: E402
-from imdm.parallel.distributed import init_distributed, launcher_world_size, shutdown  # noqa: E402
-from imdm.recipe.loader import load_recipe  # noqa: E402
-from imdm.train.flops import device_peak_flops, flops_per_token  # noqa: E402
-from imdm.train.parallelize import compile_enabled  # noqa: E402
-from imdm.train.trainer import Trainer  # noqa: E402
+from benchmarks.results_io import write_result
+from benchmarks.trace_summary import format_summary, load_trace, summarize
+from imdm.build import build_model
+from imdm.parallel.distributed import init_distributed, launcher_world_size, shutdown
+from imdm.recipe.loader import load_recipe
+from imdm.train.flops import device_peak_flops, flops_per_token
+from imdm.train.parallelize import compile_enabled
+from imdm.train.trainer import Trainer
 
 
 def _sync(device: torch.device) -> None:
