@@ -89,7 +89,9 @@ def main() -> None:
         print(f"backward launch alone, {setting}: {r['ms']:.3f} ms ({r['hbm_fraction'] or 0:.0%} HBM)")
     write_result("kernel_residual_norm", "", {"batch": b, "seq_len": l, "d": d, "p": args.p, "iters": args.iters,
                                               "backward_rows_chunk_warps": defaults},
-                 {**rows, "backward_kernels_by_setting": sweep}, out_dir=args.results_dir)
+                 {"fwd_bwd_ms": rows["fused"]["forward_backward_ms"],
+                  "baseline_fwd_bwd_ms": rows["compiled_reference"]["forward_backward_ms"],
+                  **rows, "backward_kernels_by_setting": sweep}, out_dir=args.results_dir)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,14 @@ def main() -> None:
     if dist.is_main:
         path = write_result("train_throughput", args.recipe, config, metrics, world_size=dist.world_size,
                             out_dir=args.results_dir)
+        if args.checkpoint_stall:   # DESIGN.md's checkpoint_stall result, beside the throughput it came with
+            write_result("checkpoint_stall", args.recipe,
+                         {"model": recipe.model.size, "async": True, "algorithm": recipe.algorithm.name,
+                          "global_batch": recipe.train.global_batch, "source_result": f"{path.parent.name}/{path.name}"},
+                         {"stall_s": metrics["checkpoint_stall_steady_s"],
+                          "stall_first_save_s": metrics["checkpoint_stall_first_s"],
+                          "background_write_s": metrics["checkpoint_background_write_steady_s"]},
+                         world_size=dist.world_size, out_dir=args.results_dir)
         print(f"{args.label or recipe.model.size}: {tokens_per_s:,.0f} tokens/s/GPU, mfu "
               f"{metrics['mfu'] if metrics['mfu'] is None else round(metrics['mfu'], 3)}, peak "
               f"{metrics['peak_mem_gib']} GiB, data wait {metrics['data_wait_share']:.4f}"
