@@ -209,6 +209,19 @@ def scaling_note(record: dict, results: Path) -> str:
     return f"; {rate / max(singles)[1]:.1%} of one GPU's rate"
 
 
+def foreign_code() -> str | None:
+    """Why the imdm that benchmarks would import is not this checkout's (an editable install of
+    another checkout, say: its kernels would be measured under this checkout's sha), or None."""
+    import imdm
+    import imdm.kernels
+    for module in (imdm, imdm.kernels):
+        where = Path(module.__file__).resolve()
+        if not where.is_relative_to(REPO):
+            return (f"{module.__name__} is imported from {where.parent}, not from this checkout ({REPO}): "
+                    "install this checkout (pip install -e .) in its own environment")
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,6 +246,9 @@ def main() -> None:
     if not opts.dry_run and gpus == 0:
         print(f"the {opts.suite} suite needs a CUDA GPU (torch {torch.__version__} sees none)", file=sys.stderr)
         raise SystemExit(2)
+    problem = foreign_code()
+    if problem:
+        raise SystemExit(problem)
     runs, notes = plan(opts.suite, opts, gpus)
     for line in notes:
         print(line, flush=True)

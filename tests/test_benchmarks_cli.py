@@ -142,3 +142,8 @@ def test_prune_keeps_the_newest_code_per_model_and_card(tmp_path):
     assert kept == sorted([new, plot, large, h100])
     assert dropped == sorted([old_later, older, reverted])
     assert other == [log]
+
+
+def test_suite_refuses_another_checkouts_imdm(monkeypatch, tmp_path):
+    monkeypatch.setattr(suite, "REPO", tmp_path)   # as if imdm were installed from elsewhere
+    assert "not from this checkout" in suite.foreign_code()
