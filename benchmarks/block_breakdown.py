@@ -2,7 +2,7 @@
 autocast, fp32 residual stream, as in training) against variants that drop or replace a part of
 it, and against its matmuls and attention alone (the floor that elementwise fusion cannot beat).
 
-    python benchmarks/block_breakdown.py --size large --batch 16 [--variants block,no_dropout,...]
+    python -m benchmarks.block_breakdown --size large --batch 16 [--variants block,no_dropout,...]
 """
 
 from __future__ import annotations
@@ -11,23 +11,19 @@ import argparse
 import contextlib
 import dataclasses
 import inspect
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
-
-from benchmarks.gpu_timing import time_ms  # noqa: E402
-from benchmarks.results_io import write_result  # noqa: E402
-from imdm.models.attention import split_heads  # noqa: E402
-from imdm.models.dit import DiTBlock, DiTConfig  # noqa: E402
-from imdm.models.gemm_grad_linear import frozen_weight_copies, keep_weight_grads  # noqa: E402
-from imdm.models.layers import rotary_tables  # noqa: E402
-from imdm.recipe.schema import MODEL_SIZES  # noqa: E402
+from benchmarks.gpu_timing import require_cuda, time_ms
+from benchmarks.results_io import write_result
+from imdm.models.attention import split_heads
+from imdm.models.dit import DiTBlock, DiTConfig
+from imdm.models.gemm_grad_linear import frozen_weight_copies, keep_weight_grads
+from imdm.models.layers import rotary_tables
+from imdm.recipe.schema import MODEL_SIZES
 
 
 class MatmulsAndAttention(nn.Module):
@@ -161,6 +157,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also record each variant's GPU kernels")
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
+    require_cuda("block_breakdown")
     d, blocks, heads = MODEL_SIZES[args.size]
     rows, tables = {}, {}
     for variant in args.variants.split(","):

@@ -3,23 +3,19 @@ the up-projection (epilogues default, bias, gelu_aux_bias) and the down-projecti
 gradient (default, dgelu, dgelu_bgrad), beside PyTorch's addmm / mm; the kernel each first choice
 launches. Finds which epilogue is slow, and whether the heuristic's first choice is the reason.
 
-    python benchmarks/cublaslt_epilogues.py [--results-dir DIR]
+    python -m benchmarks.cublaslt_epilogues [--results-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.gpu_timing import time_ms  # noqa: E402
-from benchmarks.results_io import write_result  # noqa: E402
-from imdm.kernels import cublaslt as lt  # noqa: E402
+from benchmarks.gpu_timing import require_cuda, time_ms
+from benchmarks.results_io import write_result
+from imdm.kernels import cublaslt as lt
 
 MODELS = {"large": (1536, 16 * 1024), "small": (768, 32 * 1024)}   # d, tokens per micro-batch
 EPILOGUES = {"default": (1, False, False), "bias": (4, True, False), "gelu_aux_bias": (164, True, True),
@@ -77,6 +73,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
+    require_cuda("cublaslt_epilogues")
     g = torch.Generator(device="cuda").manual_seed(0)
     results = {}
     for model, (d, tokens) in MODELS.items():

@@ -1,7 +1,7 @@
 """Data-pipeline benchmark: token-store preparation rate (tokenise + pack + write) and loading
 rate (StatefulDataLoader micro-batches of a prepared store) on this machine's CPUs.
 
-    python benchmarks/data_pipeline.py [--recipe recipes/local_gpt2.toml] [key=value ...]
+    python -m benchmarks.data_pipeline [--recipe recipes/local_gpt2.toml] [key=value ...]
 
 Loading is compared with the fastest training rate the project targets per GPU (450,000
 tokens/s, the kernel issue's small-model goal): a loader several times faster cannot make a
@@ -12,18 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.results_io import write_result  # noqa: E402
-from imdm.data.loader import make_loader  # noqa: E402
-from imdm.data.order import GlobalBatchOrder  # noqa: E402
-from imdm.data.text_dataset import open_text_dataset  # noqa: E402
-from imdm.recipe.loader import load_recipe  # noqa: E402
+from benchmarks.results_io import write_result
+from imdm.data.loader import make_loader
+from imdm.data.order import GlobalBatchOrder
+from imdm.data.text_dataset import open_text_dataset
+from imdm.recipe.loader import load_recipe
 
 TARGET_TRAIN_TOKENS_PER_S = 450_000
 
@@ -48,6 +44,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="recipes/local_gpt2.toml")
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--micro-batch", type=int, default=32)
+    parser.add_argument("--results-dir", default=None, help="default: benchmarks/results")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     cache = tempfile.mkdtemp(prefix="imdm-bench-store-")
@@ -68,7 +65,7 @@ def main() -> None:
         shutil.rmtree(cache, ignore_errors=True)
     config = {"tokenizer": recipe.tokenizer.kind, "seq_len": recipe.data.seq_len, "packing": recipe.data.packing,
               "micro_batch": args.micro_batch, "cpu_count": os.cpu_count(), "paths": recipe.data.paths}
-    path = write_result("data_pipeline", args.recipe, config, metrics)
+    path = write_result("data_pipeline", args.recipe, config, metrics, out_dir=args.results_dir)
     for k, v in metrics.items():
         print(f"{k:>42}: {v:,.2f}" if isinstance(v, float) else f"{k:>42}: {v:,}")
     print(f"wrote {path}")

@@ -4,25 +4,21 @@ epilogues (imdm.kernels.gelu_mlp) against Inductor's GELU kernels between cuBLAS
 checks both epilogue GEMMs against a float64 computation from the same bf16 operands, beside the
 eager reference's error.
 
-    python benchmarks/gelu_mlp.py [--results-dir DIR]
+    python -m benchmarks.gelu_mlp [--results-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.gpu_timing import time_ms  # noqa: E402
-from benchmarks.results_io import write_result  # noqa: E402
-from imdm.kernels.gelu_mlp import (gelu_tanh_derivative, linear_gelu_reference,  # noqa: E402
+from benchmarks.gpu_timing import require_cuda, time_ms
+from benchmarks.results_io import write_result
+from imdm.kernels.gelu_mlp import (gelu_tanh_derivative, linear_gelu_reference,
                                    matmul_dgelu_reference)
-from imdm.models.dit import BlockMLP  # noqa: E402
-from imdm.models.gemm_grad_linear import keep_weight_grads  # noqa: E402
+from imdm.models.dit import BlockMLP
+from imdm.models.gemm_grad_linear import keep_weight_grads
 
 MODELS = {"large": (1536, 16 * 1024), "small": (768, 32 * 1024)}   # d, tokens per micro-batch
 
@@ -80,6 +76,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
+    require_cuda("gelu_mlp")
     results = {}
     for model, (d, tokens) in MODELS.items():
         errors = epilogue_errors(d, tokens)

@@ -1,17 +1,31 @@
 """GPU timing helpers shared by the kernel benchmarks: mean milliseconds per call from CUDA
-events with the calls queued behind a GPU sleep (launch overhead is not counted), and the peak
-HBM bandwidth of the device by name."""
+events with the calls queued behind a GPU sleep (launch overhead is not counted), the peak HBM
+bandwidth of the device by name, and the exit of a GPU-only benchmark where there is no GPU."""
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
-HBM_BYTES_PER_S = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H100": 3.35e12}
+# vendor peak figures, matched as substrings of torch.cuda.get_device_name() in this order;
+# a card not listed gets hbm_fraction None
+HBM_BYTES_PER_S = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100 NVL": 3.9e12, "H100": 3.35e12, "B200": 8.0e12,
+                   "A100-SXM4-80GB": 2.039e12, "A100 80GB PCIe": 1.935e12, "A100": 1.555e12, "L40S": 0.864e12}
+NO_GPU_STATUS = 2   # exit status of a GPU-only benchmark where no CUDA GPU is visible
 
 
 def hbm_peak(name: str) -> float | None:
     """Peak HBM bandwidth in bytes/s (H100 SXM: 3.35 TB/s, H200: 4.8 TB/s), None if unknown."""
     return next((bw for key, bw in HBM_BYTES_PER_S.items() if key in name), None)
+
+
+def require_cuda(benchmark: str) -> None:
+    """Exit with status 2 and a one-line message when no CUDA GPU is visible. Called after the
+    arguments are parsed, so that `--help` works on any machine."""
+    if not torch.cuda.is_available():
+        print(f"{benchmark} needs a CUDA GPU (torch {torch.__version__} sees none)", file=sys.stderr)
+        raise SystemExit(NO_GPU_STATUS)
 
 
 def time_ms(fn, iters: int, warmup: int = 3) -> float:

@@ -4,26 +4,22 @@ The training loop pays it on its launching thread between GPU launches, so every
 here is a millisecond the GPU can idle. Compares the hash in numpy uint32 arithmetic (what the
 host uses) with the int64-emulated words (what other devices use, and the host used before).
 
-    python benchmarks/host_draws.py [--micro-batch 32] [--seq-len 1024] [--threads 1]
+    python -m benchmarks.host_draws [--micro-batch 32] [--seq-len 1024] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from unittest import mock
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.results_io import write_result  # noqa: E402
-from imdm import rng  # noqa: E402
-from imdm.algorithms.masked_diffusion import ROW_BUCKET_CUDA, MaskedDiffusion, row_indices  # noqa: E402
-from imdm.diffusion.schedule import LogLinearSchedule  # noqa: E402
+from benchmarks.results_io import write_result
+from imdm import rng
+from imdm.algorithms.masked_diffusion import ROW_BUCKET_CUDA, MaskedDiffusion, row_indices
+from imdm.diffusion.schedule import LogLinearSchedule
 
 
 def time_draws(algorithm: MaskedDiffusion, micro_batch: int, global_batch: int, seq_len: int, repeats: int

@@ -7,26 +7,22 @@ float32 SUBS cross-entropy, masked_token_nll); torch.compile of that baseline; a
 divergence of IM-SDTT, fused and unfused. Before timing, checks each fused result (value and
 gradients) against float32: its error must stay within twice PyTorch's own bf16 error.
 
-    python benchmarks/kernel_masked_loss.py [--results-dir DIR] [--iters 20]
+    python -m benchmarks.kernel_masked_loss [--results-dir DIR] [--iters 20]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from benchmarks.gpu_timing import time_ms  # noqa: E402
-from benchmarks.results_io import write_result  # noqa: E402
-from imdm.diffusion.nelbo import masked_token_nll  # noqa: E402
-from imdm.diffusion.subs import without_mask  # noqa: E402
-from imdm.kernels import masked_loss  # noqa: E402
-from imdm.kernels.masked_loss import fused_divergence, fused_masked_nll  # noqa: E402
+from benchmarks.gpu_timing import require_cuda, time_ms
+from benchmarks.results_io import write_result
+from imdm.diffusion.nelbo import masked_token_nll
+from imdm.diffusion.subs import without_mask
+from imdm.kernels import masked_loss
+from imdm.kernels.masked_loss import fused_divergence, fused_masked_nll
 
 
 def unfused_nll(h, w, b, targets, weights, mask_id, vocab):
@@ -122,8 +118,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("kernel_masked_loss needs a CUDA GPU")
+    require_cuda("kernel_masked_loss")
     torch.manual_seed(0)
     dev, vocab = torch.device("cuda"), args.vocab
     mask_id = vocab - 1

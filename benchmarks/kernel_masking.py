@@ -5,25 +5,21 @@ then times it with CUDA events (host calls queued behind a GPU sleep, so launch 
 counted) and reports ms, bytes the kernel must read + write, GB/s and the fraction of the
 device's HBM bandwidth.
 
-    python benchmarks/kernel_masking.py [--batch 32 --seq-len 1024 --dim 2048] [--results-dir DIR]
+    python -m benchmarks.kernel_masking [--batch 32 --seq-len 1024 --dim 2048] [--results-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.gpu_timing import bandwidth, hbm_peak, time_ms  # noqa: E402
-from benchmarks.results_io import device_name, write_result  # noqa: E402
-from imdm import rng  # noqa: E402
-from imdm.diffusion import forward_process as eager  # noqa: E402
-from imdm.kernels import masking  # noqa: E402
+from benchmarks.gpu_timing import bandwidth, hbm_peak, require_cuda, time_ms
+from benchmarks.results_io import device_name, write_result
+from imdm import rng
+from imdm.diffusion import forward_process as eager
+from imdm.kernels import masking
 
 def cast(fn, dtype, *args):
     return fn(*args).to(dtype)
@@ -48,8 +44,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("kernel_masking benchmarks the CUDA kernels: no CUDA device")
+    require_cuda("kernel_masking")
     cuda, batch, seq_len, dim = torch.device("cuda"), args.batch, args.seq_len, args.dim
     peak = hbm_peak(device_name())
     seeds = rng.derive_seed(7, torch.arange(batch), rng.STREAM_SAMPLE_SEED).to(cuda)

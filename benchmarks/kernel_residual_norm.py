@@ -5,23 +5,19 @@ of the HBM bandwidth for the bytes each must move. Also times the backward's lau
 two kernels, buffers and parameter-gradient sums; no autograd) over its rows per program,
 columns per program and warps.
 
-    python benchmarks/kernel_residual_norm.py [--batch 16 --seq-len 1024 --d 1536] [--results-dir DIR]
+    python -m benchmarks.kernel_residual_norm [--batch 16 --seq-len 1024 --d 1536] [--results-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.gpu_timing import bandwidth, hbm_peak, time_ms  # noqa: E402
-from benchmarks.results_io import write_result  # noqa: E402
-from imdm.kernels import residual_norm_triton  # noqa: E402
-from imdm.kernels.residual_norm import residual_norm_modulate, residual_norm_reference  # noqa: E402
+from benchmarks.gpu_timing import bandwidth, hbm_peak, require_cuda, time_ms
+from benchmarks.results_io import write_result
+from imdm.kernels import residual_norm_triton
+from imdm.kernels.residual_norm import residual_norm_modulate, residual_norm_reference
 
 FORWARD_BYTES_PER_ENTRY = 4 + 2 + 4 + 2            # read x, y; write x_out, h
 BACKWARD_BYTES_PER_ENTRY = 2 + 4 + 4 + 2 + 4 + 2   # read dh, dx_out, x_out, y; write dx, dy
@@ -36,6 +32,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
+    require_cuda("kernel_residual_norm")
     b, l, d = args.batch, args.seq_len, args.d
     g = torch.Generator(device="cuda").manual_seed(0)
 
@@ -92,7 +89,9 @@ def main() -> None:
         print(f"backward launch alone, {setting}: {r['ms']:.3f} ms ({r['hbm_fraction'] or 0:.0%} HBM)")
     write_result("kernel_residual_norm", "", {"batch": b, "seq_len": l, "d": d, "p": args.p, "iters": args.iters,
                                               "backward_rows_chunk_warps": defaults},
-                 {**rows, "backward_kernels_by_setting": sweep}, out_dir=args.results_dir)
+                 {"fwd_bwd_ms": rows["fused"]["forward_backward_ms"],
+                  "baseline_fwd_bwd_ms": rows["compiled_reference"]["forward_backward_ms"],
+                  **rows, "backward_kernels_by_setting": sweep}, out_dir=args.results_dir)
 
 
 if __name__ == "__main__":

@@ -5,26 +5,22 @@ reference draws (all but a few boundary rows), then times both with CUDA events 
 bytes the kernel must move (logits of masked rows once, tokens in and out), GB/s and the fraction
 of the device's HBM bandwidth. The fused step with top_p = 0.9 is timed too.
 
-    python benchmarks/kernel_sampler.py [--batch 16 --seq-len 1024 --vocab 50258] [--results-dir DIR]
+    python -m benchmarks.kernel_sampler [--batch 16 --seq-len 1024 --vocab 50258] [--results-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.gpu_timing import bandwidth, hbm_peak, time_ms  # noqa: E402
-from benchmarks.results_io import device_name, write_result  # noqa: E402
-from imdm import rng  # noqa: E402
-from imdm.diffusion.posterior import step_weights  # noqa: E402
-from imdm.diffusion.schedule import LogLinearSchedule  # noqa: E402
-from imdm.kernels.sampler_step import sampler_step  # noqa: E402
-from imdm.sampling.ancestral import time_grid  # noqa: E402
+from benchmarks.gpu_timing import bandwidth, hbm_peak, require_cuda, time_ms
+from benchmarks.results_io import device_name, write_result
+from imdm import rng
+from imdm.diffusion.posterior import step_weights
+from imdm.diffusion.schedule import LogLinearSchedule
+from imdm.kernels.sampler_step import sampler_step
+from imdm.sampling.ancestral import time_grid
 
 STEPS, STEP = 16, 8           # the step timed: j = 8 of a 16-step grid
 
@@ -75,8 +71,7 @@ def main() -> None:
     parser.add_argument("--baseline-iters", type=int, default=5)
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("kernel_sampler benchmarks the CUDA kernel: no CUDA device")
+    require_cuda("kernel_sampler")
     name = device_name()
     peak = hbm_peak(name)
     gen = torch.Generator(device="cuda").manual_seed(0)

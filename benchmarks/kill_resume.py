@@ -4,7 +4,7 @@ the two loss curves step by step. The killed run must resume exactly once, from 
 checkpoint at or before the kill, and the straight run never; with --max-loss-diff the curves
 must also agree that closely (0: bit for bit, as on CPU). The result records the checks.
 
-    python benchmarks/kill_resume.py --recipe recipes/owt_large.toml --nproc 8 --fail-step 5 \
+    python -m benchmarks.kill_resume --recipe recipes/owt_large.toml --nproc 8 --fail-step 5 \
         --fail-rank 3 train.steps=8 checkpoint.every_steps=2 [key=value ...]
 """
 
@@ -19,9 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.results_io import write_result  # noqa: E402
+from benchmarks.results_io import write_result
 
 
 def launch(recipe: str, nproc: int, overrides: list[str], env: dict, log: Path) -> float:

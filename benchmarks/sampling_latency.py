@@ -10,25 +10,22 @@ the mean time of `--subset` sampler steps (network + eager step) from a half-mas
 t = 0.5 of that grid, times the step count; the masked fraction averages 0.5 over the grid,
 and the eager step's cost is linear in the masked rows. The fused runs are timed in full.
 
-    python benchmarks/sampling_latency.py [--steps 1 4 16 1024] [--results-dir DIR]
+    python -m benchmarks.sampling_latency [--steps 1 4 16 1024] [--results-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.results_io import write_result  # noqa: E402
-from imdm.build import build_algorithm, build_model, sampler_settings  # noqa: E402
-from imdm.recipe.loader import load_recipe  # noqa: E402
-from imdm.sampling.ancestral import generation_seeds  # noqa: E402
+from benchmarks.gpu_timing import require_cuda
+from benchmarks.results_io import write_result
+from imdm.build import build_algorithm, build_model, sampler_settings
+from imdm.recipe.loader import load_recipe
+from imdm.sampling.ancestral import generation_seeds
 
 RECIPE = "recipes/owt.toml"
 VOCAB, MASK_ID = 50258, 50257       # GPT-2 tokens + the mask
@@ -57,8 +54,7 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=24)
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("sampling_latency needs a CUDA device")
+    require_cuda("sampling_latency")
     cuda = torch.device("cuda")
     recipe = load_recipe(RECIPE, ["algorithm.name=imdm"])
     model = build_model(recipe, VOCAB, MASK_ID, cuda)

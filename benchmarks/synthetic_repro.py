@@ -2,27 +2,24 @@
 SDTT / IM-SDTT, couplings, ReDi / IM-ReDi, finite masks), then sample every trained stage's EMA
 weights at each step count and record validity and coverage, with an SVG plot beside the JSON.
 
-    python benchmarks/synthetic_repro.py --pipeline builtin:pipelines/synthetic_repro_cpu
-    python benchmarks/synthetic_repro.py --pipeline builtin:pipelines/synthetic_repro   # V 50,000, L 10 (GPU)
+    python -m benchmarks.synthetic_repro --pipeline builtin:pipelines/synthetic_repro_cpu
+    python -m benchmarks.synthetic_repro --pipeline builtin:pipelines/synthetic_repro   # V 50,000, L 10 (GPU)
 
 A finished stage is not redone, so an interrupted run continues where it stopped."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.results_io import write_result  # noqa: E402
-from imdm.eval.synthetic_eval import evaluate_synthetic  # noqa: E402
-from imdm.parallel.distributed import pick_device  # noqa: E402
-from imdm.pipeline import run_pipeline  # noqa: E402
-from imdm.quickstart import format_table  # noqa: E402
-from imdm.run_loading import load_run  # noqa: E402
-from imdm.tools.plot_synthetic import write_validity_plot  # noqa: E402
+from benchmarks.results_io import write_result
+from imdm.eval.synthetic_eval import evaluate_synthetic
+from imdm.parallel.distributed import pick_device
+from imdm.pipeline import run_pipeline
+from imdm.quickstart import format_table
+from imdm.run_loading import load_run
+from imdm.tools.plot_synthetic import write_validity_plot
 
 
 def main() -> None:

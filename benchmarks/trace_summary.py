@@ -4,7 +4,7 @@ on the launching thread at that moment, and summed per region of the step: the c
 forward and backward, the fused head loss, the optimizer, or else the innermost op that launched
 it. Also the kernel span, the time the GPU is busy on any stream, and the gaps between kernels.
 
-    python benchmarks/trace_summary.py TRACE.json[.gz] [--top 12]
+    python -m benchmarks.trace_summary TRACE.json[.gz] [--top 12]
 """
 
 from __future__ import annotations

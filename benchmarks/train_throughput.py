@@ -2,7 +2,7 @@
 training step (loader, loss, backward, clipping, AdamW, EMA) for a recipe, timed after warm-up;
 optionally the loop's stall for an asynchronous checkpoint. Launch with torchrun for several GPUs.
 
-    python benchmarks/train_throughput.py --recipe recipes/owt.toml [--steps 20] [key=value ...]
+    python -m benchmarks.train_throughput --recipe recipes/owt.toml [--steps 20] [key=value ...]
 """
 
 from __future__ import annotations
@@ -10,23 +10,19 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.results_io import write_result  # noqa: E402
-from benchmarks.trace_summary import format_summary, load_trace, summarize  # noqa: E402
-from imdm.build import build_model  # noqa: E402
-from imdm.parallel.distributed import init_distributed, launcher_world_size, shutdown  # noqa: E402
-from imdm.recipe.loader import load_recipe  # noqa: E402
-from imdm.train.flops import device_peak_flops, flops_per_token  # noqa: E402
-from imdm.train.parallelize import compile_enabled  # noqa: E402
-from imdm.train.trainer import Trainer  # noqa: E402
+from benchmarks.results_io import write_result
+from benchmarks.trace_summary import format_summary, load_trace, summarize
+from imdm.build import build_model
+from imdm.parallel.distributed import init_distributed, launcher_world_size, shutdown
+from imdm.recipe.loader import load_recipe
+from imdm.train.flops import device_peak_flops, flops_per_token
+from imdm.train.parallelize import compile_enabled
+from imdm.train.trainer import Trainer
 
 
 def _sync(device: torch.device) -> None:
@@ -134,6 +130,14 @@ def main() -> None:
     if dist.is_main:
         path = write_result("train_throughput", args.recipe, config, metrics, world_size=dist.world_size,
                             out_dir=args.results_dir)
+        if args.checkpoint_stall:   # DESIGN.md's checkpoint_stall result, beside the throughput it came with
+            write_result("checkpoint_stall", args.recipe,
+                         {"model": recipe.model.size, "async": True, "algorithm": recipe.algorithm.name,
+                          "global_batch": recipe.train.global_batch, "source_result": f"{path.parent.name}/{path.name}"},
+                         {"stall_s": metrics["checkpoint_stall_steady_s"],
+                          "stall_first_save_s": metrics["checkpoint_stall_first_s"],
+                          "background_write_s": metrics["checkpoint_background_write_steady_s"]},
+                         world_size=dist.world_size, out_dir=args.results_dir)
         print(f"{args.label or recipe.model.size}: {tokens_per_s:,.0f} tokens/s/GPU, mfu "
               f"{metrics['mfu'] if metrics['mfu'] is None else round(metrics['mfu'], 3)}, peak "
               f"{metrics['peak_mem_gib']} GiB, data wait {metrics['data_wait_share']:.4f}"

@@ -2,24 +2,21 @@
 between two identical runs, compiled and eager, on CUDA (bf16 autocast, kept weight gradients, two
 micro-batches): per tensor, the largest difference relative to its largest entry.
 
-    python benchmarks/weight_copies_identity.py [--results-dir DIR]
+    python -m benchmarks.weight_copies_identity [--results-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from benchmarks.results_io import write_result  # noqa: E402
-from imdm.models.dit import DiTBlock, DiTConfig  # noqa: E402
-from imdm.models.gemm_grad_linear import frozen_weight_copies, keep_weight_grads  # noqa: E402
-from imdm.models.layers import rotary_tables  # noqa: E402
+from benchmarks.gpu_timing import require_cuda
+from benchmarks.results_io import write_result
+from imdm.models.dit import DiTBlock, DiTConfig
+from imdm.models.gemm_grad_linear import frozen_weight_copies, keep_weight_grads
+from imdm.models.layers import rotary_tables
 
 CONFIG = {"d_model": 144, "n_heads": 2, "batch": 3, "seq_len": 47, "micro_batches": 2}
 
@@ -70,6 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
+    require_cuda("weight_copies_identity")
     state, inputs = block_case("cuda")
     metrics = {}
     for mode, compiled in (("compiled", True), ("eager", False)):

@@ -4,21 +4,17 @@ and the add into the float32 .grad) against one GEMM that reads and writes the f
 itself (`aten::addmm.dtype_out`, beta 1, in place), the form imdm.models.gemm_grad_linear runs
 on one GPU. Each variant is checked against a float64 product first.
 
-    python benchmarks/wgrad_accumulation.py [--results-dir DIR]
+    python -m benchmarks.wgrad_accumulation [--results-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.gpu_timing import time_ms  # noqa: E402
-from benchmarks.results_io import write_result  # noqa: E402
+from benchmarks.gpu_timing import require_cuda, time_ms
+from benchmarks.results_io import write_result
 
 MODELS = {"large": (1536, 16 * 1024), "small": (768, 32 * 1024)}   # d, tokens per micro-batch
 
@@ -35,6 +31,7 @@ def main() -> None:
                              "for the product), or copied to [out, tokens] first (the first scouting run's layout)")
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
+    require_cuda("wgrad_accumulation")
     g = torch.Generator(device="cuda").manual_seed(0)
     results = {}
     for model, (d, tokens) in MODELS.items():
