@@ -19,7 +19,7 @@ from benchmarks.results_io import write_result
 from imdm.data.loader import make_loader
 from imdm.data.order import GlobalBatchOrder
 from imdm.data.text_dataset import open_text_dataset
-from imdm.recipe.loader import load_recipe
+from imdm.algorithms.registry import load_recipe
 
 TARGET_TRAIN_TOKENS_PER_S = 450_000
 

@@ -82,21 +82,6 @@ def main() -> None:
     nbytes = batch * 8 + batch * seq_len + batch * seq_len * dim * 4
     cases["all_positions_uniform_float32"] = measure(kernel, baselines, nbytes, args.iters, peak)
 
-    print(f"forward_mask: B {batch} x L {seq_len}", flush=True)
-    x0 = torch.randint(0, 50257, (batch, seq_len), device=cuda)
-
-    def reference_mask():
-        m = eager.mask_positions(seeds, seq_len, move_prob)
-        return eager.apply_mask(x0, m, 50257), m
-
-    compiled_mask = torch.compile(reference_mask)
-    kernel = functools.partial(masking.forward_mask, x0, seeds, move_prob, 50257)
-    for got, ref in zip(kernel(), reference_mask()):
-        assert torch.equal(got, ref)
-    nbytes = batch * 12 + batch * seq_len * (8 + 8 + 1)
-    cases["forward_mask"] = measure(kernel, {"compiled": compiled_mask, "eager": reference_mask},
-                                    nbytes, args.iters, peak)
-
     head = cases["rows_uniform_float32"]
     config = {"batch": batch, "seq_len": seq_len, "dim": dim, "masked_fraction": args.masked_fraction,
               "rows": n_rows, "iters": args.iters, "hbm_bytes_per_s": peak}

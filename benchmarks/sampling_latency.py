@@ -23,8 +23,9 @@ import torch
 
 from benchmarks.gpu_timing import require_cuda
 from benchmarks.results_io import write_result
-from imdm.build import build_algorithm, build_model, sampler_settings
-from imdm.recipe.loader import load_recipe
+from imdm import rng
+from imdm.algorithms.registry import load_recipe
+from imdm.build import build_model, build_process, sampler_settings
 from imdm.sampling.ancestral import generation_seeds
 
 RECIPE = "recipes/owt.toml"
@@ -62,13 +63,13 @@ def main() -> None:
         gen = torch.Generator(device=cuda).manual_seed(0)
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, device=cuda, generator=gen))
-    algorithm = build_algorithm(recipe, MASK_ID, cuda)
-    seeds = generation_seeds(recipe.sampling.seed, 0, args.batch).to(cuda)
+    process = build_process(recipe, MASK_ID, cuda)
+    seeds = generation_seeds(recipe.sampling.seed, 0, args.batch, rng.STREAM_EVAL_SEED).to(cuda)
 
     def sample(steps: int, kernel: str, **kw):
         settings = dataclasses.replace(sampler_settings(recipe, steps), kernel=kernel)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            return algorithm.sample(model, settings, seeds, args.seq_len, **kw)
+            return process.sample(model, settings, seeds, args.seq_len, **kw)
 
     # boundary rows (about 1e-6 of the draws) may differ; in a later step such a token changes
     # its whole sequence's logits, so 4-step samples are compared sequence by sequence

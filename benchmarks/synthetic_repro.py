@@ -1,6 +1,7 @@
-"""Synthetic-task reproduction (SPEC section 6, issue 6): run a pipeline of stages (pre-training,
-SDTT / IM-SDTT, couplings, ReDi / IM-ReDi, finite masks), then sample every trained stage's EMA
-weights at each step count and record validity and coverage, with an SVG plot beside the JSON.
+"""Synthetic-task reproduction (docs/method.md section 6): run a pipeline of stages (pre-training,
+SDTT / IM-SDTT, couplings, ReDi / IM-ReDi), then sample every trained stage's EMA weights at each
+step count from evaluation seeds no training or coupling used, and record validity (sampled and
+greedy), the coverage ratio and a total correlation estimate, with an SVG plot beside the JSON.
 
     python -m benchmarks.synthetic_repro --pipeline builtin:pipelines/synthetic_repro_cpu
     python -m benchmarks.synthetic_repro --pipeline builtin:pipelines/synthetic_repro   # V 50,000, L 10 (GPU)
@@ -14,10 +15,9 @@ import time
 from pathlib import Path
 
 from benchmarks.results_io import write_result
-from imdm.eval.synthetic_eval import evaluate_synthetic
-from imdm.parallel.distributed import pick_device
+from imdm.devices import pick_device
+from imdm.eval.synthetic_eval import evaluate_synthetic, format_table
 from imdm.pipeline import run_pipeline
-from imdm.quickstart import format_table
 from imdm.run_loading import load_run
 from imdm.tools.plot_synthetic import write_validity_plot
 
@@ -40,7 +40,7 @@ def main() -> None:
     rows = []
     for stage in (s for s in stages if s.command == "train"):
         run = load_run(Path(stage.recipe.run.output_dir) / stage.name, device, sampling)
-        for row in evaluate_synthetic(run.recipe, run.model, run.algorithm, device):
+        for row in evaluate_synthetic(run.recipe, run.model, run.process, device):
             rows.append({"method": stage.name, "num_samples": args.num_samples, **row})
     recipe = stages[0].recipe
     print(format_table(rows, recipe.data.vocab_size, recipe.data.seq_len))
@@ -50,7 +50,8 @@ def main() -> None:
               "stages": [{"run": s.name, "command": s.command, "recipe": s.recipe_path, "overrides": list(s.overrides),
                           "train_steps": s.recipe.train.steps, "global_batch": s.recipe.train.global_batch}
                          for s in stages]}
-    keep = ("method", "steps", "nfe", "validity", "coverage", "coverage_fraction", "num_samples")
+    keep = ("method", "steps", "nfe", "validity", "validity_greedy", "coverage", "coverage_greedy", "coverage_ratio",
+            "coverage_ratio_greedy", "num_samples", "tc_nats", "tc_groups", "tc_replicas")
     path = write_result("synthetic_repro", args.pipeline, config,
                         {"rows": [{k: r[k] for k in keep} for r in rows],
                          "one_step_floor": float(recipe.data.vocab_size) ** -(recipe.data.seq_len - 1),

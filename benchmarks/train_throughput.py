@@ -19,7 +19,7 @@ from benchmarks.results_io import write_result
 from benchmarks.trace_summary import format_summary, load_trace, summarize
 from imdm.build import build_model
 from imdm.parallel.distributed import init_distributed, launcher_world_size, shutdown
-from imdm.recipe.loader import load_recipe
+from imdm.algorithms.registry import load_recipe
 from imdm.train.flops import device_peak_flops, flops_per_token
 from imdm.train.parallelize import compile_enabled
 from imdm.train.trainer import Trainer

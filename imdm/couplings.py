@@ -19,12 +19,13 @@ from tqdm import tqdm
 from imdm import rng
 from imdm.algorithms.registry import process_spec
 from imdm.build import autocast_dtype, build_dataset, sampler_settings
-from imdm.data.coupling_store import FORMAT_VERSION, CouplingWriter, coupling_path, create_coupling_set
+from imdm.data.coupling_store import FORMAT_VERSION, CouplingWriter, coupling_path, create_coupling_set, read_manifest
 from imdm.data.order import GlobalBatchOrder
 from imdm.diffusion.forward_process import apply_mask, mask_positions
 from imdm.diffusion.times import T_MIN
 from imdm.parallel.distributed import DistInfo, barrier
 from imdm.recipe import Recipe, RecipeError
+from imdm.recipe.loader import read_toml
 from imdm.recipe.writer import recipe_to_toml
 from imdm.run_loading import LoadedRun, load_named_run
 from imdm.sampling.ancestral import SamplerSettings, generation_seeds
@@ -104,12 +105,32 @@ def _check(recipe: Recipe) -> None:
         raise RecipeError("imdm couplings", problems)
 
 
+def _earlier_round_seeds(output_dir: str, teacher_run: str) -> dict[int, str]:
+    """{generation seed: coupling set} of every coupling set the teacher was trained on, and its
+    own teacher's, back to the first round of a chain of rectifications."""
+    seeds, run = {}, teacher_run
+    while run:
+        trained = read_toml(str(Path(output_dir) / run / "recipe.toml"))[1]
+        data = trained.get("data", {})
+        if data.get("source") != "couplings":
+            break
+        manifest = read_manifest(coupling_path(output_dir, data["couplings"])) or {}
+        seeds.setdefault(manifest.get("generation", {}).get("seed"), data["couplings"])
+        run = manifest.get("teacher", {}).get("run")
+    return seeds
+
+
 def generate_couplings(recipe: Recipe, dist: DistInfo) -> Path:
     """Generate (or finish) the coupling set of `recipe` into run.output_dir/run.name/couplings,
     every rank taking its share of the chunks; returns the set's folder once complete."""
     _check(recipe)
     c, device = recipe.couplings, dist.device
     teacher = load_named_run(recipe.run.output_dir, c.teacher_run, "couplings.teacher_run", device)
+    reused = _earlier_round_seeds(recipe.run.output_dir, c.teacher_run).get(c.seed)
+    if reused is not None:
+        raise RecipeError("imdm couplings", [f"couplings.seed: {c.seed} generated '{reused}', which teacher "
+                                             f"'{c.teacher_run}' (or its own teacher) was trained on; a new round "
+                                             f"needs fresh mask states: choose another seed"])
     dataset = build_dataset(recipe, "train", dist.is_main)
     if (dataset.model_vocab, dataset.mask_id) != (teacher.vocab.model_vocab, teacher.vocab.mask_id):
         raise RecipeError("imdm couplings", [f"data: {dataset.model_vocab} outputs (mask id {dataset.mask_id}) but "

@@ -1,10 +1,8 @@
 """imdm.rng.uniform53 inside Triton kernels, built on the uint32 hash of `hash32`, so a kernel
-draws bit-identical 53-bit uniforms to the eager code. `uniform53_tensor` runs the device
-function over tensors, for tests."""
+draws bit-identical 53-bit uniforms to the eager code."""
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
@@ -24,21 +22,3 @@ def uniform53(seed, counter, stream):
     low = (hash32(c, b1, b2) >> 6).to(tl.int64)
     return (((high << 26) + low).to(tl.float64) + 0.5) * 1.1102230246251565e-16
 
-
-@triton.jit(do_not_specialize=["n", "stream"])
-def _uniform53_kernel(seed_ptr, counter_ptr, out_ptr, n, stream, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < n
-    seed = tl.load(seed_ptr + offs, mask=ok, other=0)
-    counter = tl.load(counter_ptr + offs, mask=ok, other=0)
-    tl.store(out_ptr + offs, uniform53(seed, counter, stream), mask=ok)
-
-
-def uniform53_tensor(seeds: torch.Tensor, counters: torch.Tensor, stream: int) -> torch.Tensor:
-    """The kernel-side uniforms for int64 `seeds` and `counters` (broadcast), as float64."""
-    seeds, counters = torch.broadcast_tensors(seeds.to(torch.int64), counters.to(torch.int64))
-    seeds, counters = seeds.contiguous(), counters.contiguous()
-    out = torch.empty(seeds.shape, dtype=torch.float64, device=seeds.device)
-    n = seeds.numel()
-    _uniform53_kernel[(triton.cdiv(n, 1024),)](seeds, counters, out, n, stream, BLOCK=1024)
-    return out

@@ -8,12 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from imdm import rng
 from imdm.diffusion.forward_process import mask_noise
 from imdm.diffusion.posterior import step_weights
 from imdm.diffusion.schedule import LogLinearSchedule
-from imdm.kernels.sampler_rng import uniform53_tensor
+from imdm.kernels.sampler_rng import uniform53
 from imdm.kernels.sampler_step import per_sample_weights, sampler_step
 from imdm.sampling.ancestral import SamplerSettings, ancestral_sample
 
@@ -122,11 +124,28 @@ def _float32_gumbel_max_rare_hits(probs: torch.Tensor, n: int, gen: torch.Genera
     return int(rare_wins.sum())
 
 
+@triton.jit(do_not_specialize=["n", "stream"])
+def _uniform53_kernel(seed_ptr, counter_ptr, out_ptr, n, stream, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    seed = tl.load(seed_ptr + offs, mask=ok, other=0)
+    counter = tl.load(counter_ptr + offs, mask=ok, other=0)
+    tl.store(out_ptr + offs, uniform53(seed, counter, stream), mask=ok)
+
+
+def _kernel_uniforms(seeds: torch.Tensor, counters: torch.Tensor, stream: int) -> torch.Tensor:
+    """imdm.kernels.sampler_rng.uniform53, the device function, run over int64 tensors."""
+    seeds, counters = (t.contiguous() for t in torch.broadcast_tensors(seeds, counters))
+    out = torch.empty(seeds.shape, dtype=torch.float64, device=seeds.device)
+    _uniform53_kernel[(triton.cdiv(seeds.numel(), 1024),)](seeds, counters, out, seeds.numel(), stream, BLOCK=1024)
+    return out
+
+
 def test_kernel_uniforms_are_bit_identical_to_imdm_rng():
     seeds = torch.tensor([0, 1, 12345, 2 ** 40 + 3, 2 ** 62 + 12345, 2 ** 63 - 1, -5])
     counters = torch.arange(0, 4000, 13)
     for stream in (rng.STREAM_CATEGORICAL, rng.STREAM_CATEGORICAL + 1023, rng.STREAM_REDRAW + 7, 1):
-        kernel = uniform53_tensor(seeds[:, None], counters[None], stream)
+        kernel = _kernel_uniforms(seeds[:, None], counters[None], stream)
         assert torch.equal(kernel, rng.uniform53(seeds[:, None], counters[None], stream)), stream
 
 

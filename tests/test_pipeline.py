@@ -89,3 +89,59 @@ def test_every_packaged_pipeline_loads():
     for name in names:
         _, stages = load_pipeline(f"builtin:pipelines/{name}")
         assert stages and all(s.recipe.run.output_dir for s in stages)
+
+
+ROUNDS = """
+[pipeline]
+output_dir = "{out}"
+
+[[stage]]
+recipe = "builtin:quickstart"
+overrides = ["run.name=base", "train.steps=6", "schedule.warmup_steps=2"]
+
+[[stage]]
+recipe = "builtin:synthetic_couplings"
+command = "couplings"
+overrides = ["run.name=pairs-1", "couplings.teacher_run=base", "couplings.num=16", "couplings.chunk=8",
+             "couplings.steps=16", "couplings.start=all_mask", "couplings.seed=1", "sampling.draws=eps",
+             "sampling.fix_eps=true"]
+
+[[stage]]
+recipe = "builtin:synthetic_imredi"
+overrides = ["run.name=round-1", "init.from_run=base", "data.couplings=pairs-1", "train.steps=4",
+             "schedule.warmup_steps=1"]
+{more}"""
+SECOND_ROUND = """
+[[stage]]
+recipe = "builtin:synthetic_couplings"
+command = "couplings"
+overrides = ["run.name=pairs-2", "couplings.teacher_run=round-1", "couplings.num=16", "couplings.chunk=8",
+             "couplings.steps=16", "couplings.start=all_mask", "couplings.seed={seed}", "sampling.draws=eps",
+             "sampling.fix_eps=true"]
+
+[[stage]]
+recipe = "builtin:synthetic_imredi"
+overrides = ["run.name=round-2", "init.from_run=round-1", "data.couplings=pairs-2", "train.steps=4",
+             "schedule.warmup_steps=1"]
+"""
+
+
+def test_chained_rectification_rounds_resume_and_need_fresh_seeds(tmp_path):
+    """Each round's student makes the next round's couplings: a pipeline extended by a round
+    skips the finished rounds; a round that would reuse an earlier round's coupling seed (the
+    same mask states) is refused."""
+    import numpy as np
+    first = run_pipeline(_write(tmp_path, ROUNDS.replace("{more}", "")), COMMON, log=lambda m: None)
+    assert [s.name for s in first] == ["base", "pairs-1", "round-1"]
+    messages = []
+    again = SECOND_ROUND.replace("{seed}", "2")
+    run_pipeline(_write(tmp_path, ROUNDS.replace("{more}", again)), COMMON, log=messages.append)
+    assert [m.split(": ")[1].split(" ")[0] for m in messages] == ["finished", "finished", "finished", "running",
+                                                                  "running"]
+    out = tmp_path / "runs"
+    seeds = [np.load(out / name / "couplings" / "seed.npy") for name in ("pairs-1", "pairs-2")]
+    assert not set(seeds[0].tolist()) & set(seeds[1].tolist())
+    assert latest_checkpoint(out / "round-2" / "checkpoints") is not None
+    reuse = SECOND_ROUND.replace("{seed}", "1").replace("pairs-2", "pairs-3").replace("round-2", "round-3")
+    with pytest.raises(StageFailed, match="couplings.seed: 1 generated 'pairs-1'"):
+        run_pipeline(_write(tmp_path, ROUNDS.replace("{more}", reuse)), COMMON, log=lambda m: None)

@@ -191,7 +191,8 @@ def _sampler_settings(recipe: Recipe, steps: int, mask_states: bool) -> SamplerS
     return SamplerSettings(steps=steps, posterior=posterior, fix_eps=s.fix_eps,
                            cached=s.cached and not recipe.algorithm.time_conditioning,
                            temperature=s.temperature, top_p=s.top_p, kernel=s.kernel,
-                           noise_removal=s.noise_removal, draws=s.draws, eps_digits=s.eps_digits)
+                           noise_removal=s.noise_removal, draws=s.draws, eps_digits=s.eps_digits,
+                           eps_order=s.eps_order)
 
 
 def _check_mdlm(recipe: Recipe) -> list[str]:

@@ -217,6 +217,8 @@ class SamplingSection:
     draws: str = spec("seeded", choices=("seeded", "eps"),
                       doc="a step's random choices: from the per-sample seed, or (IMDM) from each position's fixed "
                           "mask state (unmasking time and categorical draw: a deterministic map of eps)")
+    eps_order: str = spec("eps", choices=("eps", "left_to_right"),
+                          doc="draws = eps: unmasking times from each position's mask state, or left to right")
     eps_digits: int = spec(3, gt=0, le=8, doc="draws = eps: mask-state coordinates composing a draw's uniform "
                                                "(base-64 digits)")
     seed: int = spec(42, ge=0, doc="seed of the generated samples")

@@ -15,7 +15,7 @@ import torch
 from imdm import rng
 from imdm.diffusion.posterior import step_weights
 from imdm.kernels.sampler_step import sampler_step
-from imdm.sampling.eps_draws import eps_driven_step, eps_uniforms, greedy_tokens, unmasking
+from imdm.sampling.eps_draws import eps_driven_step, eps_uniforms, greedy_tokens, left_to_right, unmasking
 
 T_END = 1e-5
 
@@ -39,6 +39,7 @@ class SamplerSettings:
     noise_removal: str = "ancestral"  # the last step: "ancestral" draws, "greedy" takes x_theta's argmax
     draws: str = "seeded"            # "seeded": from the per-sample seeds; "eps": from the mask states
     eps_digits: int = 3              # draws = "eps": noise coordinates composing a draw's uniform
+    eps_order: str = "eps"           # draws = "eps": unmasking times from the mask states, or "left_to_right"
 
 
 @dataclass
@@ -138,27 +139,32 @@ def _eps_driven_sample(denoise: Denoiser, schedule, settings: SamplerSettings, s
                        mask_id: int, noise_for: NoiseSource | None, prefix, start, t_start,
                        noise_dist: str | None) -> SampleResult:
     """ancestral_sample with eps-driven draws (imdm.sampling.eps_draws): mask states fixed for the
-    whole trajectory; a step in which no position's unmasking time falls costs nothing."""
+    whole trajectory. The network runs only on the samples one of whose positions unmasks in a
+    step, so a sample costs at most as many evaluations as it has masked positions, whatever
+    the step count (NFE reports the most any sample took)."""
     if noise_for is None or noise_dist is None:
         raise ValueError("eps-driven draws need mask states (an IMDM model)")
     z = _start(seeds, seq_len, mask_id, prefix, start)
     noise = noise_for(seeds, torch.zeros_like(z))
     v, u = eps_uniforms(noise, noise_dist, settings.eps_digits)
+    if settings.eps_order == "left_to_right":
+        v = left_to_right(v)
     grid = time_grid(settings.steps, t_start)
     masked_share = 1 - schedule.alpha(grid[..., 0]).to(v.device)   # P(masked at the start time)
     v = v * (masked_share[:, None] if masked_share.dim() == 1 else masked_share)   # unmask at or below it
-    logits, nfe = None, 0
+    evaluations = torch.zeros(len(seeds), dtype=torch.int64, device=z.device)
     for j in range(settings.steps):
         t, _, alpha_s = _step_alphas(schedule, grid, j, settings.steps)
         which = unmasking(z, v, alpha_s, mask_id)
-        if not bool(which.any()):
+        active = torch.nonzero(which.any(dim=1)).squeeze(1)
+        if active.numel() == 0:
             if not bool((z == mask_id).any()):
                 break
             continue
-        if logits is None or not settings.cached:
-            logits = denoise(z, noise, t)
-            nfe += 1
+        t_active = t[active.cpu()] if isinstance(t, torch.Tensor) else t
+        logits = denoise(z[active], noise[active], t_active)
         greedy = j == settings.steps - 1 and settings.noise_removal == "greedy"
-        z = eps_driven_step(logits, z, which, u, mask_id, settings.temperature, settings.top_p, greedy)
-        logits = None
-    return SampleResult(z, nfe)
+        z[active] = eps_driven_step(logits, z[active], which[active], u[active], mask_id, settings.temperature,
+                                    settings.top_p, greedy)
+        evaluations[active] += 1
+    return SampleResult(z, int(evaluations.max()) if len(seeds) else 0)

@@ -51,6 +51,14 @@ def eps_uniforms(noise: torch.Tensor, dist: str, digits: int) -> tuple[torch.Ten
     return unit[..., 0], u
 
 
+def left_to_right(v: torch.Tensor) -> torch.Tensor:
+    """Unmasking-time uniforms that order the positions left to right (position i of L at
+    1 - (i + 1/2) / L): with more steps than positions, one position unmasks per step."""
+    seq_len = v.shape[-1]
+    order = 1 - (torch.arange(seq_len, dtype=torch.float64, device=v.device) + 0.5) / seq_len
+    return order.expand_as(v)
+
+
 def unmasking(z: torch.Tensor, v: torch.Tensor, alpha_s, mask_id: int) -> torch.Tensor:
     """bool [B, L]: the masked positions whose unmasking time falls in this step (v > 1 - alpha_s;
     alpha_s a float or a [B] tensor; alpha_s = 1 unmasks every one)."""
