@@ -12,6 +12,7 @@ from imdm.algorithms.protocol import Objective
 from imdm.cli import main as cli_main
 from imdm.diffusion.categorical import categorical_from_uniform
 from imdm.diffusion.subs import without_mask
+from imdm.models.dit import count_parameters
 from imdm.parallel.distributed import init_distributed
 from imdm.recipe import RecipeError
 from imdm.run_loading import load_run
@@ -83,6 +84,8 @@ def test_a_toy_algorithm_trains_resumes_and_samples(toy, tmp_path, capsys):
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
+    first_line = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first_line["event"] == f"model of {count_parameters(straight.model):,} parameters"
     run = load_run(tmp_path / "straight", torch.device("cpu"))
     assert isinstance(run.process, ToyUnigram) and run.model.mask_state is None
     assert cli_main(["sample", str(tmp_path / "straight"), "--num-samples", "4"]) == 0

@@ -27,6 +27,7 @@ from imdm.build import autocast_dtype, build_dataset, build_model, build_objecti
 from imdm.data.loader import make_loader
 from imdm.data.order import GlobalBatchOrder
 from imdm.eval.perplexity import nelbo_per_token
+from imdm.models.dit import count_parameters
 from imdm.models.gemm_grad_linear import frozen_weight_copies, keep_weight_grads, zero_grads
 from imdm.parallel.grad_norm import clip_grad_norm
 from imdm.devices import host_to_device
@@ -273,6 +274,7 @@ class Trainer:
             note = self.restore(ckpt)
             log.write({"step": self.step, "event": f"resumed from {ckpt.name}" + (f"; {note}" if note else "")})
         else:
+            log.write({"step": 0, "event": f"model of {count_parameters(self.model):,} parameters"})
             if r.init.from_run:
                 source = load_ema_weights(r.init.from_run, r.run.output_dir, self.model)
                 self.ema.restart(self.model)   # averages start from the loaded weights
