@@ -3,9 +3,9 @@ d 768, 32,768 tokens with 50% masked (16,384 scored rows), V 50258 with the head
 multiple of 128, bf16 hidden states and float32 head weights under bf16 autocast (as in training).
 Times forward+backward with CUDA events after warm-up, and the extra memory (peak allocated minus
 allocated before the call), for: the fused op; the gathered unfused baseline (bf16 head matmul ->
-float32 SUBS cross-entropy, masked_token_nll); torch.compile of that baseline; and the reverse-KL
-divergence of IM-SDTT, fused and unfused. Before timing, checks each fused result (value and
-gradients) against float32: its error must stay within twice PyTorch's own bf16 error.
+float32 SUBS cross-entropy, masked_token_nll); and torch.compile of that baseline. Before timing,
+checks the fused result (value and gradients) against float32: its error must stay within twice
+PyTorch's own bf16 error.
 
     python -m benchmarks.kernel_masked_loss [--results-dir DIR] [--iters 20]
 """
@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from benchmarks.gpu_timing import require_cuda, time_ms
 from benchmarks.results_io import write_result
 from imdm.diffusion.nelbo import masked_token_nll
-from imdm.diffusion.subs import without_mask
 from imdm.kernels import masked_loss
-from imdm.kernels.masked_loss import fused_divergence, fused_masked_nll
+from imdm.kernels.masked_loss import fused_masked_nll
 
 
 def unfused_nll(h, w, b, targets, weights, mask_id, vocab):
@@ -33,23 +32,8 @@ def unfused_nll(h, w, b, targets, weights, mask_id, vocab):
     return (weights * masked_token_nll(logits, targets, mask_id)).sum()
 
 
-def unfused_kl(h, w, b, h_t, w_t, b_t, weights, mask_id, vocab):
-    """Reverse KL over full student and teacher logits, float32 log-softmax."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=h.dtype == torch.bfloat16):
-        logits = F.linear(h, w, b)[:, :vocab]
-        with torch.no_grad():
-            t_logits = F.linear(h_t, w_t, b_t)[:, :vocab]
-    log_s = torch.log_softmax(without_mask(logits, mask_id), dim=-1)
-    log_t = torch.log_softmax(without_mask(t_logits, mask_id), dim=-1)
-    return (weights * (log_s.exp() * (log_s - log_t)).sum(-1)).sum()
-
-
 def fused_nll(h, w, b, targets, weights, mask_id, vocab):
     return fused_masked_nll(h, w, b, targets, weights, mask_id, vocab)
-
-
-def fused_kl(h, w, b, h_t, w_t, b_t, weights, mask_id, vocab):
-    return fused_divergence(h, w, b, h_t, w_t, b_t, weights, mask_id, vocab, "kl_bwd")
 
 
 def _grads(fn, leaves, args):
@@ -125,33 +109,23 @@ def main() -> None:
     rows = int(args.tokens * args.masked_fraction)
     padded = -(-vocab // args.pad_multiple) * args.pad_multiple
 
-    def head():
-        return (torch.randn(padded, args.d, device=dev) * 0.05).requires_grad_(), \
-            (torch.randn(padded, device=dev) * 0.1).requires_grad_()
-
     h = torch.randn(rows, args.d, device=dev, dtype=torch.bfloat16, requires_grad=True)
-    w, b = head()
+    w = (torch.randn(padded, args.d, device=dev) * 0.05).requires_grad_()
+    b = (torch.randn(padded, device=dev) * 0.1).requires_grad_()
     targets = torch.randint(0, vocab - 1, (rows,), device=dev)
     weights = 1 / torch.rand(rows, device=dev).clamp_min(1e-3)
-    h_t = (h.detach().float() + 0.3 * torch.randn_like(h, dtype=torch.float32)).bfloat16()
-    w_t, b_t = (x.detach() + 0.01 * torch.randn_like(x) for x in head())
-    nll_leaves, nll_args = [h, w, b], [targets, weights, mask_id, vocab]
-    kl_args = [h_t, w_t, b_t, weights, mask_id, vocab]
+    leaves, nll_args = [h, w, b], [targets, weights, mask_id, vocab]
 
-    metrics = {**check(fused_nll, unfused_nll, nll_leaves, nll_args),
-               **check(fused_kl, unfused_kl, nll_leaves, kl_args)}
-    compiled_nll = torch.compile(unfused_nll)
-    table = {"fused": (fused_nll, nll_args), "baseline": (unfused_nll, nll_args),
-             "compiled_baseline": (compiled_nll, nll_args), "kl_fused": (fused_kl, kl_args),
-             "kl_baseline": (unfused_kl, kl_args)}
-    for name, (fn, fn_args) in table.items():
-        metrics[_key(name, "fwd_bwd_ms")] = fwd_bwd_ms(fn, nll_leaves, fn_args, args.warmup, args.iters)
-        metrics[_key(name, "extra_mem_gib")] = extra_mem_gib(fn, nll_leaves, fn_args)
+    metrics = check(fused_nll, unfused_nll, leaves, nll_args)
+    table = {"fused": fused_nll, "baseline": unfused_nll, "compiled_baseline": torch.compile(unfused_nll)}
+    for name, fn in table.items():
+        metrics[_key(name, "fwd_bwd_ms")] = fwd_bwd_ms(fn, leaves, nll_args, args.warmup, args.iters)
+        metrics[_key(name, "extra_mem_gib")] = extra_mem_gib(fn, leaves, nll_args)
     metrics["speedup_vs_baseline"] = metrics["baseline_fwd_bwd_ms"] / metrics["fwd_bwd_ms"]
     metrics["speedup_vs_compiled_baseline"] = metrics["compiled_baseline_fwd_bwd_ms"] / metrics["fwd_bwd_ms"]
     config = {"d": args.d, "tokens": args.tokens, "masked_fraction": args.masked_fraction, "vocab": vocab,
               "padded_vocab": padded, "rows": rows, "dtype": "bf16 activations, fp32 head weights, autocast",
-              "chunk_rows": masked_loss._chunk_rows(rows, padded, torch.bfloat16, 1),
+              "chunk_rows": masked_loss._chunk_rows(rows, padded, torch.bfloat16),
               "chunk_bytes": masked_loss.CHUNK_BYTES, "warmup": args.warmup, "iters": args.iters}
     path = write_result("kernel_masked_loss", "", config, metrics, out_dir=args.results_dir)
     print(f"d {args.d}, {rows} rows, V {vocab} (head {padded}), bf16: fwd+bwd ms / extra GiB")
