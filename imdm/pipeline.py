@@ -58,9 +58,9 @@ def _stage_errors(index: int, table: dict) -> list[str]:
     return problems
 
 
-def load_pipeline(path: str, extra_overrides=()) -> tuple[Path, list[Stage]]:
-    """The pipeline's output folder and its validated stages. `extra_overrides` apply to every
-    stage before the stage's own (e.g. train.device=cpu)."""
+def load_pipeline(path: str, extra_overrides=(), output_dir: str | None = None) -> tuple[Path, list[Stage]]:
+    """The pipeline's output folder (`output_dir`, or the file's) and its validated stages.
+    `extra_overrides` apply to every stage before the stage's own (e.g. train.device=cpu)."""
     label, table = read_toml(path)
     problems = [f"{k}: unknown section (known: pipeline, stage)" for k in table if k not in ("pipeline", "stage")]
     head = table.get("pipeline", {})
@@ -72,7 +72,7 @@ def load_pipeline(path: str, extra_overrides=()) -> tuple[Path, list[Stage]]:
         problems += _stage_errors(i, stage)
     if problems:
         raise RecipeError(label, problems)
-    output_dir = Path(head.get("output_dir", "runs"))
+    output_dir = Path(output_dir or head.get("output_dir", "runs"))
     stages = []
     for stage in stages_table:
         overrides = (*extra_overrides, *stage.get("overrides", []), f"run.output_dir={output_dir}")
@@ -126,14 +126,22 @@ def run_stage(stage: Stage, dist) -> None:
         raise StageFailed(f"training stopped at step {result.step} of {stage.recipe.train.steps}")
 
 
-def run_pipeline(path: str, extra_overrides=(), log=print) -> list[Stage]:
-    """Run every unfinished stage in order; returns the stages. A failing stage raises
-    StageFailed naming it; the stages after it do not run."""
+def run_pipeline(path: str, extra_overrides=(), log=print, only: tuple[str, ...] = (),
+                 output_dir: str | None = None) -> list[Stage]:
+    """Run every unfinished stage in order (with `only`, just the stages of those run names:
+    independent branches of one pipeline can then run side by side); returns the stages. A
+    failing stage raises StageFailed naming it; the stages after it do not run."""
     from imdm.parallel.distributed import init_distributed
-    output_dir, stages = load_pipeline(path, extra_overrides)
+    output_dir, stages = load_pipeline(path, extra_overrides, output_dir)
+    unknown = sorted(set(only) - {s.name for s in stages})
+    if unknown:
+        raise RecipeError(path, [f"--only: no stage named {', '.join(unknown)} (stages: "
+                                 f"{', '.join(s.name for s in stages)})"])
     dist = init_distributed(stages[0].recipe.train.device)
     for i, stage in enumerate(stages):
         where = f"stage {i + 1}/{len(stages)} {stage.command} {stage.name}"
+        if only and stage.name not in only:
+            continue
         if stage_finished(stage):
             log(f"{where}: finished earlier, skipped")
             continue

@@ -17,7 +17,7 @@ import benchmarks
 from benchmarks import prune_results, suite
 
 REPO = Path(__file__).resolve().parent.parent
-HELPERS = {"gpu_timing", "results_io"}
+HELPERS = {"gpu_timing", "results_io", "stage_scheduler"}
 MODULES = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name not in HELPERS)
 GPU_ONLY = ["block_breakdown", "cublaslt_epilogues", "gelu_mlp", "kernel_masked_loss", "kernel_masking",
             "kernel_residual_norm", "kernel_sampler", "sampling_latency", "weight_copies_identity",

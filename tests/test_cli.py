@@ -15,19 +15,23 @@ def _imdm(*args, cwd):
 @pytest.mark.timeout(300)
 def test_quickstart_sample_and_eval(tmp_path):
     out = tmp_path / "qs"
-    result = _imdm("quickstart", "--output-dir", str(out), "train.steps=40", "sampling.steps=[1, 64]",
-                   "sampling.num_samples=64", "sampling.batch=64", cwd=tmp_path)
+    result = _imdm("quickstart", "--output-dir", str(out), "train.steps=40", "schedule.warmup_steps=10",
+                   "couplings.num=256", "couplings.chunk=256", "sampling.steps=[1, 64]", "sampling.num_samples=64",
+                   "sampling.batch=64", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "V^-(L-1) = 2.3e-13" in result.stdout
+    assert "stage 3/4 couplings quickstart-couplings: running" in result.stdout
     rows = json.loads((out / "quickstart.json").read_text())
-    assert [(r["method"], r["steps"]) for r in rows] == [("mdlm", 1), ("mdlm", 64), ("imdm", 1), ("imdm", 64)]
+    methods = ("MDLM", "IMDM", "IMDM + IM-ReDi")
+    assert [(r["method"], r["steps"]) for r in rows] == [(m, s) for m in methods for s in (1, 64)]
     for r in rows:
         assert 0.0 <= r["validity"] <= 1.0 and r["nfe"] <= r["steps"]
-        if r["steps"] == 1:
+        if r["steps"] == 1 and r["method"] != "IMDM + IM-ReDi":
             assert r["validity"] == 0.0      # the factorised one-step failure (2.3e-13 expected)
-    for method in ("mdlm", "imdm"):
-        assert (out / f"quickstart-{method}" / "recipe.toml").is_file()
-        assert (out / f"quickstart-{method}" / "checkpoints" / "step_00000040" / "meta.json").is_file()
+    for name in ("quickstart-mdlm", "quickstart-imdm", "quickstart-imredi"):
+        assert (out / name / "recipe.toml").is_file()
+        assert (out / name / "checkpoints" / "step_00000040" / "meta.json").is_file()
+    assert (out / "quickstart-couplings" / "couplings" / "manifest.json").is_file()
 
     sample = _imdm("sample", str(out / "quickstart-imdm"), "--steps", "4", "--num-samples", "3", cwd=tmp_path)
     assert sample.returncode == 0, sample.stderr

@@ -85,7 +85,7 @@ def test_every_packaged_pipeline_loads():
     from importlib import resources
     names = sorted(p.name[:-5] for p in (resources.files("imdm.recipes") / "pipelines").iterdir()
                    if p.name.endswith(".toml"))
-    assert {"synthetic_repro", "synthetic_repro_cpu", "synthetic_repro_gpu", "owt_imsdtt_redi"} <= set(names)
+    assert {"quickstart", "synthetic_repro", "synthetic_repro_cpu", "owt_imsdtt_redi"} <= set(names)
     for name in names:
         _, stages = load_pipeline(f"builtin:pipelines/{name}")
         assert stages and all(s.recipe.run.output_dir for s in stages)
@@ -145,3 +145,14 @@ def test_chained_rectification_rounds_resume_and_need_fresh_seeds(tmp_path):
     reuse = SECOND_ROUND.replace("{seed}", "1").replace("pairs-2", "pairs-3").replace("round-2", "round-3")
     with pytest.raises(StageFailed, match="couplings.seed: 1 generated 'pairs-1'"):
         run_pipeline(_write(tmp_path, ROUNDS.replace("{more}", reuse)), COMMON, log=lambda m: None)
+
+
+def test_only_runs_the_named_stages(tmp_path):
+    path = _write(tmp_path, STAGES)
+    messages = []
+    stages = run_pipeline(path, COMMON, log=messages.append, only=("base",))
+    assert [m.split(": ")[0] for m in messages] == ["stage 1/4 train base"]
+    assert latest_checkpoint(tmp_path / "runs" / "base" / "checkpoints") is not None
+    assert not (tmp_path / "runs" / "student").exists() and len(stages) == 4
+    with pytest.raises(RecipeError, match="--only: no stage named nope"):
+        run_pipeline(path, COMMON, only=("nope",))

@@ -1,5 +1,5 @@
-"""A dependency-free SVG plot of synthetic-task results: validity and coverage (fraction of the
-tokens the samples could cover) against the number of sampling steps, one line per method."""
+"""A dependency-free SVG plot of synthetic-task results against the number of sampling steps, one
+line per method: validity of sampled and of greedy generation, and the greedy coverage ratio."""
 
 from __future__ import annotations
 
@@ -36,19 +36,24 @@ def _panel(rows: list[dict], key: str, title: str, x0: float, methods: list[str]
     return out
 
 
+PANELS = (("validity", "validity (sampled)"), ("validity_greedy", "validity (greedy)"),
+          ("coverage_ratio_greedy", "coverage ratio (greedy)"))
+
+
 def write_validity_plot(rows: list[dict], path: Path, title: str) -> None:
-    """Write the two-panel SVG for `rows` ({method, steps, validity, coverage_ratio})."""
+    """Write the SVG for `rows` ({method, steps} and the keys of PANELS), a panel per key."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     steps = sorted({r["steps"] for r in rows})
-    width, height = 2 * PANEL_W + 170, PANEL_H + 30
+    width, height = len(PANELS) * PANEL_W + 170, PANEL_H + 30
     body = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif">',
             f'<rect width="{width}" height="{height}" fill="white"/>',
             f'<text x="{PANEL_W}" y="{height - 4}" text-anchor="middle" font-size="12">{title}</text>']
-    body += _panel(rows, "validity", "validity", 0, methods, steps)
-    body += _panel(rows, "coverage_ratio", "coverage ratio", PANEL_W, methods, steps)
+    for i, (key, label) in enumerate(PANELS):
+        body += _panel(rows, key, label, i * PANEL_W, methods, steps)
+    legend = len(PANELS) * PANEL_W
     for i, method in enumerate(methods):
         y = 30 + 18 * i
-        body.append(f'<rect x="{2 * PANEL_W + 10}" y="{y - 9}" width="12" height="12" fill="{COLORS[i % len(COLORS)]}"/>')
-        body.append(f'<text x="{2 * PANEL_W + 28}" y="{y + 2}" font-size="12">{method}</text>')
+        body.append(f'<rect x="{legend + 10}" y="{y - 9}" width="12" height="12" fill="{COLORS[i % len(COLORS)]}"/>')
+        body.append(f'<text x="{legend + 28}" y="{y + 2}" font-size="12">{method}</text>')
     body.append("</svg>")
     Path(path).write_text("\n".join(body) + "\n")

@@ -48,23 +48,26 @@ def plug_in_total_correlation(groups: torch.Tensor) -> float:
     return sum(total) / len(total)
 
 
-def evaluate_synthetic(recipe: Recipe, model: torch.nn.Module, process: Process,
-                       device: torch.device) -> list[dict]:
+def evaluate_synthetic(recipe: Recipe, model: torch.nn.Module, process: Process, device: torch.device,
+                       tc_groups: int = TC_GROUPS) -> list[dict]:
     """One row per step count of `sampling.steps`: steps, nfe, validity / coverage / coverage
-    ratio of `sampling.num_samples` sampled and greedy sequences, and tc_nats."""
+    ratio of `sampling.num_samples` sampled and greedy sequences, and tc_nats over `tc_groups`
+    groups of TC_REPLICAS samples (None with no groups)."""
     s, rows = recipe.sampling, []
     for steps in s.steps:
         settings = sampler_settings(recipe, steps)
         greedy = dataclasses.replace(settings, noise_removal="greedy")
         sampled, nfe = _generate(recipe, model, process, device, settings, 0, s.num_samples)
         argmax, _ = _generate(recipe, model, process, device, greedy, 0, s.num_samples)
-        tc_samples, _ = _generate(recipe, model, process, device, settings, s.num_samples, TC_GROUPS, TC_REPLICAS)
+        tc = None
+        if tc_groups:
+            tc_samples, _ = _generate(recipe, model, process, device, settings, s.num_samples, tc_groups, TC_REPLICAS)
+            tc = plug_in_total_correlation(tc_samples.view(tc_groups, TC_REPLICAS, -1))
         metrics = synthetic_metrics(sampled, recipe.data.vocab_size)
         greedy_metrics = synthetic_metrics(argmax, recipe.data.vocab_size)
         rows.append({"steps": steps, "nfe": nfe, **metrics,
                      **{f"{k}_greedy": v for k, v in greedy_metrics.items()},
-                     "tc_nats": plug_in_total_correlation(tc_samples.view(TC_GROUPS, TC_REPLICAS, -1)),
-                     "tc_groups": TC_GROUPS, "tc_replicas": TC_REPLICAS})
+                     "tc_nats": tc, "tc_groups": tc_groups, "tc_replicas": TC_REPLICAS})
     return rows
 
 
@@ -78,5 +81,6 @@ def format_table(rows: list[dict], vocab_size: int, seq_len: int) -> str:
              f"{'TC nats':>9}"]
     for r in rows:
         lines.append(f"{r['method']:<22}{r['steps']:>6}{r['nfe']:>7.1f}{r['validity']:>8.3f}{r['validity_greedy']:>8.3f}"
-                     f"{r['coverage_ratio']:>10.3f}{r['coverage_ratio_greedy']:>8.3f}{r['tc_nats']:>9.2f}")
+                     f"{r['coverage_ratio']:>10.3f}{r['coverage_ratio_greedy']:>8.3f}"
+                     + (f"{r['tc_nats']:>9.2f}" if r["tc_nats"] is not None else f"{'-':>9}"))
     return "\n".join(lines)
