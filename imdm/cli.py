@@ -68,7 +68,7 @@ def cmd_pipeline(args) -> int:
     from imdm.parallel.distributed import shutdown
     from imdm.pipeline import StageFailed, run_pipeline
     try:
-        stages = run_pipeline(args.pipeline, args.overrides, only=tuple(n for n in args.only.split(",") if n))
+        stages = run_pipeline(args.pipeline, args.overrides, only=tuple(n.strip() for n in args.only.split(",") if n.strip()))
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -137,6 +137,11 @@ def run_pipeline(path: str, extra_overrides=(), log=print, only: tuple[str, ...]
     if unknown:
         raise RecipeError(path, [f"--only: no stage named {', '.join(unknown)} (stages: "
                                  f"{', '.join(s.name for s in stages)})"])
+    by_name = {s.name: s for s in stages}
+    unfinished = [f"--only: input '{name}' of '{s.name}' is not finished" for s in stages if s.name in only
+                  for name in s.inputs() if name in by_name and name not in only and not stage_finished(by_name[name])]
+    if unfinished:
+        raise RecipeError(path, unfinished)
     dist = init_distributed(stages[0].recipe.train.device)
     for i, stage in enumerate(stages):
         where = f"stage {i + 1}/{len(stages)} {stage.command} {stage.name}"

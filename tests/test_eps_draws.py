@@ -122,3 +122,16 @@ def test_eps_draws_need_mask_states():
     settings = SamplerSettings(steps=2, posterior="mdlm", draws="eps")
     with pytest.raises(ValueError, match="eps-driven draws need mask states"):
         ancestral_sample(Fixed(), LogLinearSchedule(), settings, torch.arange(4), L, MASK)
+
+
+def test_every_position_is_unmasked_from_any_start():
+    """Completing partly masked sequences from their own start times (t = 0 included: a start
+    with no masked share) leaves no mask, and the clean positions are kept."""
+    seeds = torch.arange(8)
+    start = torch.randint(0, MASK, (8, L))
+    start[:, ::2] = MASK
+    t_start = torch.linspace(0.0, 1.0, 8, dtype=torch.float64)
+    settings = SamplerSettings(steps=4, posterior="imdm", fix_eps=True, draws="eps")
+    out = ancestral_sample(Fixed(), LogLinearSchedule(), settings, seeds, L, MASK, _noise_for(), start=start,
+                           t_start=t_start, noise_dist="uniform").tokens
+    assert not (out == MASK).any() and torch.equal(out[:, 1::2], start[:, 1::2])

@@ -156,3 +156,5 @@ def test_only_runs_the_named_stages(tmp_path):
     assert not (tmp_path / "runs" / "student").exists() and len(stages) == 4
     with pytest.raises(RecipeError, match="--only: no stage named nope"):
         run_pipeline(path, COMMON, only=("nope",))
+    with pytest.raises(RecipeError, match="--only: input 'student' of 'pairs' is not finished"):
+        run_pipeline(path, COMMON, only=("pairs",))

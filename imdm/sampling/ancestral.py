@@ -155,7 +155,8 @@ def _eps_driven_sample(denoise: Denoiser, schedule, settings: SamplerSettings, s
     evaluations = torch.zeros(len(seeds), dtype=torch.int64, device=z.device)
     for j in range(settings.steps):
         t, _, alpha_s = _step_alphas(schedule, grid, j, settings.steps)
-        which = unmasking(z, v, alpha_s, mask_id)
+        last = j == settings.steps - 1
+        which = (z == mask_id) if last else unmasking(z, v, alpha_s, mask_id)   # the last step unmasks all
         active = torch.nonzero(which.any(dim=1)).squeeze(1)
         if active.numel() == 0:
             if not bool((z == mask_id).any()):
@@ -163,7 +164,7 @@ def _eps_driven_sample(denoise: Denoiser, schedule, settings: SamplerSettings, s
             continue
         t_active = t[active.cpu()] if isinstance(t, torch.Tensor) else t
         logits = denoise(z[active], noise[active], t_active)
-        greedy = j == settings.steps - 1 and settings.noise_removal == "greedy"
+        greedy = last and settings.noise_removal == "greedy"
         z[active] = eps_driven_step(logits, z[active], which[active], u[active], mask_id, settings.temperature,
                                     settings.top_p, greedy)
         evaluations[active] += 1
