@@ -31,13 +31,10 @@ def run_stages(pipeline: str, overrides: list[str], jobs: int, deadline_s: float
                 del running[name]
                 state[name] = "finished" if proc.returncode == 0 else "failed"
                 log(f"{name}: {state[name]} after {time.monotonic() - start:.0f} s")
-        if deadline_s and time.monotonic() - start > deadline_s and running:
-            log(f"deadline of {deadline_s:.0f} s: stopping {', '.join(running)}")
-            for proc in running.values():
-                proc.send_signal(signal.SIGTERM)
-            for name, proc in running.items():
-                proc.wait()
-                state[name] = "stopped"
+        if deadline_s and time.monotonic() - start > deadline_s:
+            if running:
+                log(f"deadline of {deadline_s:.0f} s: stopping {', '.join(running)}")
+            _stop(running, state)
             return state
         ready = [n for n in names if state[n] == "not run" and n not in running
                  and all(state[d] == "finished" for d in needs[n])]
@@ -49,3 +46,17 @@ def run_stages(pipeline: str, overrides: list[str], jobs: int, deadline_s: float
         if not running:
             return state
         time.sleep(1)
+
+
+def _stop(running: dict[str, subprocess.Popen], state: dict[str, str], grace_s: float = 120) -> None:
+    """SIGTERM every running stage (a training stage saves, then exits), wait up to `grace_s`
+    for each, kill what is left; a stage that exited 0 meanwhile counts as finished."""
+    for proc in running.values():
+        proc.send_signal(signal.SIGTERM)
+    for name, proc in running.items():
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        state[name] = "finished" if proc.returncode == 0 else "stopped"

@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     stage_states = {}
-    if args.jobs > 1 or args.deadline:
+    if not args.eval_only and (args.jobs > 1 or args.deadline):
         log_dir = Path(args.log_dir or Path(args.results_dir or "benchmarks/results") / "synthetic_repro_logs")
         stage_states = run_stages(args.pipeline, args.overrides, args.jobs, args.deadline, log_dir)
     elif not args.eval_only:

@@ -38,7 +38,7 @@ class ToyUnigram(Objective):
         return nll.sum() if valid is None else (nll * valid.to(nll.device)).sum()
 
     @torch.no_grad()
-    def sample(self, model, settings, seeds, seq_len, prefix=None, start=None, t_start=1.0):
+    def sample(self, model, settings, seeds, seq_len, prefix=None, start=None, t_start=1.0, noise_seeds=None):
         probs = self._log_probs(model, len(seeds), seq_len, seeds.device).exp().double()
         positions = torch.arange(seq_len, device=seeds.device).expand(len(seeds), -1)
         u = rng.uniform53(seeds[:, None].expand(-1, seq_len), positions, TOY_STREAM)
@@ -92,6 +92,9 @@ def test_a_toy_algorithm_trains_resumes_and_samples(toy, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     again = run.process.sample(run.model, 1, torch.tensor([int(s) for s in _seeds(4)]), 5).tokens
     assert out["samples"] == again.tolist() and out["nfe"] == 1
+    assert cli_main(["eval", str(tmp_path / "straight")]) == 0
+    rows = json.loads((tmp_path / "straight" / "eval.json").read_text())["rows"]
+    assert [r["steps"] for r in rows] == [1] and rows[0]["method"] == "toy" and 0 <= rows[0]["validity"] <= 1
 
 
 def _seeds(n):

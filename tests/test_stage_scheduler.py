@@ -43,6 +43,9 @@ def test_branches_run_side_by_side_and_the_deadline_saves(tmp_path):
     assert state == {"base": "finished", "long": "stopped", "pairs": "finished", "never": "failed"}
     started = [m.split(":")[0] for m in messages if "started" in m]
     assert started[0] == "base" and set(started[1:]) == {"long", "pairs", "never"}
+    order = [m.split(" after")[0].split(" at")[0] for m in messages]
+    assert order.index("base: finished") < order.index("long: started")      # waits for its input
+    assert order.index("long: started") < order.index("pairs: finished")     # branches run side by side
     stopped_at = latest_checkpoint(tmp_path / "runs" / "long" / "checkpoints")
     assert stopped_at is not None and checkpoint_step(stopped_at) > 0
     assert (tmp_path / "logs" / "long.log").read_text().count("training stopped at step") == 1

@@ -58,8 +58,10 @@ class Process(Protocol):
 
     def sample(self, model: nn.Module, settings, seeds: torch.Tensor, seq_len: int,
                prefix: torch.Tensor | None = None, start: torch.Tensor | None = None,
-               t_start: float | torch.Tensor = 1.0):
+               t_start: float | torch.Tensor = 1.0, noise_seeds: torch.Tensor | None = None):
         """Generate len(seeds) sequences (a SampleResult: tokens [B, L] and NFE); every random
-        choice derives from the per-sample seeds. `start` [B, L] at `t_start` completes a
-        partially generated sequence; `prefix` [B, P] clamps the first P positions."""
+        choice derives from the per-sample seeds, and any per-position state (IMDM's mask
+        states) from `noise_seeds` (default: `seeds`). `start` [B, L] at `t_start` completes a
+        partially generated sequence; `prefix` [B, P] clamps the first P positions. `settings`
+        is what the process's spec makes from the recipe (ProcessSpec.sampler_settings)."""
         ...

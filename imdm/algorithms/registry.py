@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 from imdm.recipe.loader import load_recipe as load_recipe_schema
 from imdm.recipe.loader import recipe_from_dict as recipe_from_dict_schema
+from imdm.recipe.errors import RecipeError
 from imdm.recipe.schema import Recipe
 
 
@@ -94,10 +95,10 @@ def _discover() -> None:
     """Import every module of this package once (each registers its algorithms)."""
     if _REGISTRY.discovered:
         return
-    _REGISTRY.discovered = True
     package = importlib.import_module(__package__)
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{__package__}.{module.name}")
+    _REGISTRY.discovered = True
 
 
 def processes() -> dict[str, ProcessSpec]:
@@ -111,12 +112,20 @@ def objectives() -> dict[str, ObjectiveSpec]:
 
 
 def process_spec(recipe: Recipe) -> ProcessSpec:
-    """The registered process of a validated recipe."""
-    return processes()[recipe.algorithm.name]
+    """The registered process of a recipe (a RecipeError naming the nearest one if unknown)."""
+    known = processes()
+    if recipe.algorithm.name not in known:
+        raise RecipeError("algorithm", [_unknown("algorithm.name", "algorithm", recipe.algorithm.name, list(known))])
+    return known[recipe.algorithm.name]
 
 
 def objective_spec(recipe: Recipe) -> ObjectiveSpec:
-    return objectives()[recipe.algorithm.objective]
+    """The registered objective of a recipe (a RecipeError naming the nearest one if unknown)."""
+    known = objectives()
+    if recipe.algorithm.objective not in known:
+        raise RecipeError("algorithm", [_unknown("algorithm.objective", "objective", recipe.algorithm.objective,
+                                                 list(known))])
+    return known[recipe.algorithm.objective]
 
 
 def method_label(recipe: Recipe) -> str:

@@ -56,7 +56,8 @@ def evaluate_synthetic(recipe: Recipe, model: torch.nn.Module, process: Process,
     s, rows = recipe.sampling, []
     for steps in s.steps:
         settings = sampler_settings(recipe, steps)
-        greedy = dataclasses.replace(settings, noise_removal="greedy")
+        greedy = sampler_settings(dataclasses.replace(
+            recipe, sampling=dataclasses.replace(s, noise_removal="greedy")), steps)
         sampled, nfe = _generate(recipe, model, process, device, settings, 0, s.num_samples)
         argmax, _ = _generate(recipe, model, process, device, greedy, 0, s.num_samples)
         tc = None
