@@ -68,13 +68,15 @@ def cmd_pipeline(args) -> int:
     from imdm.parallel.distributed import shutdown
     from imdm.pipeline import StageFailed, run_pipeline
     try:
-        stages = run_pipeline(args.pipeline, args.overrides, only=tuple(n.strip() for n in args.only.split(",") if n.strip()))
+        only = tuple(n.strip() for n in args.only.split(",") if n.strip())
+        stages = run_pipeline(args.pipeline, args.overrides, only=only)
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
         shutdown()
-    print(json.dumps({"pipeline": args.pipeline, "stages": [s.name for s in stages], "finished": True}))
+    names = [s.name for s in stages if not only or s.name in only]
+    print(json.dumps({"pipeline": args.pipeline, "stages": names, "finished": True}))
     return 0
 
 

@@ -64,8 +64,8 @@ def _noise_kernel(out_ptr, seed_ptr, pos_ptr, gen_ptr, keep_ptr, n_rows, seq_len
 
 
 def _noise_blocks(dim: int, on_gpu: bool) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_D): 1k elements per step on GPU (measured on H100 at M 16k x dim 2048:
-    larger tiles slow Box-Muller, the same for uniform), 64k under the interpreter."""
+    """(BLOCK_M, BLOCK_D): 1k elements per step on GPU (larger tiles measured slower for
+    Box-Muller, docs/performance.md), 64k under the interpreter."""
     block_d = min(triton.next_power_of_2(dim), 512)
     per_step = 1024 if on_gpu else 1 << 16
     return max(1, per_step // block_d), block_d

@@ -15,12 +15,9 @@ from imdm.kernels.hash32 import stream_keys, uniform24
 # rows of one sequence and BACKWARD_CHUNK columns (a power of two), with BACKWARD_WARPS warps, and
 # keeps the parameter-gradient sums of its rows in registers until it ends. A chunk rather than a
 # whole row per program needs fewer registers, so more programs can share an SM (inferred, not
-# profiled). The single-kernel backward of 1198eda, a whole row per program, took 0.219 ms per
-# call inside the large DiT block on an H200; these two take 0.171 (block_breakdown --profile).
-# benchmarks/kernel_residual_norm.py sweeps the three: at [16, 1024, 1536], chunks of 256, 512
-# and 1024 columns with 2-8 warps and 16-64 rows were within 0.207-0.237 ms; at [32, 1024, 768]
-# the 256 x 2 kept was the fastest (0.208 ms; 1024 x 8 there took 5.2 ms, not investigated), and
-# 256 columns divide both models' widths.
+# profiled); they measured faster than a whole row per program (docs/performance.md).
+# benchmarks/kernel_residual_norm.py sweeps chunks, warps and rows; 256 columns were the fastest
+# at the small model's width, close to the best at the large one's, and divide both widths.
 BACKWARD_ROWS = 16
 BACKWARD_CHUNK = 256
 BACKWARD_WARPS = 2
@@ -125,9 +122,8 @@ def _backward_kernel(dh_ptr, dx_out_ptr, x_out_ptr, mean_ptr, rstd_ptr, terms_pt
             dx += tl.load(dx_out_ptr + offs, mask=live, other=0.0)
         tl.store(dx_ptr + offs, dx, mask=live)
         if RESIDUAL:
-            # the seed's keys are derived per row: derived once before the loop (aaeec33), this
-            # kernel took 0.261 ms per large DiT block on an H200 against 0.239 (small: 0.259
-            # against 0.238), in calls whose other kernels timed the same
+            # the seed's keys are derived per row: deriving them once before the loop measured
+            # slower (docs/performance.md)
             keep = _keep_scale(seed_ptr, offs, p, inv_keep, DROPOUT, STREAM)
             d_gate += dx * keep * tl.load(y_ptr + offs, mask=live, other=0.0).to(tl.float32)
             tl.store(dy_ptr + offs, (dx * gate * keep).to(dy_ptr.dtype.element_ty), mask=live)

@@ -124,9 +124,8 @@ def _sampler_step_kernel(logits_ptr, z_ptr, seeds_ptr, params_ptr, out_z_ptr, ou
 
 
 _KEY_SHIFT = {torch.float32: 0, torch.bfloat16: 16, torch.float16: 13}
-# (block, warps) by top-p, tuned on an H200 for [16, 1024, 50258] bf16 logits. Without top-p:
-# 1024 x 2 warps 1.03 ms, 2048 x 4 1.18 ms, 2048 x 8 1.47 ms; top-p 0.9: 2048 x 8 26 ms,
-# 1024 x 2 64 ms
+# (block, warps) by top-p, tuned for [16, 1024, 50258] bf16 logits with benchmarks/kernel_sampler.py
+# (the sweep is in docs/performance.md)
 CUDA_CONFIG = {False: (1024, 2), True: (2048, 8)}
 
 

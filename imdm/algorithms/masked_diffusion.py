@@ -52,8 +52,8 @@ def row_indices(masked: torch.Tensor, valid: torch.Tensor | None, device: torch.
     """Indices on `device` of the masked positions, and of those also valid (the scored ones),
     from host masks: no device sync. With `bucket` > 1 each list is padded to a multiple of it
     (repeating its first entry), so the matmuls over these rows see a few shapes again and
-    again: cuBLAS picks its kernel per shape, on the host, for up to tens of milliseconds (seen
-    in an H100 trace). Padding rows must get zero weight."""
+    again: cuBLAS picks its kernel per shape on the host, which is slow for a shape it has not
+    seen (docs/performance.md). Padding rows must get zero weight."""
     scored = masked if valid is None else masked & valid.cpu()
     (masked_rows, n_masked), (scored_rows, n_scored) = (padded_nonzero(m, bucket) for m in (masked, scored))
     to_device = functools.partial(host_to_device, device=device)
