@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from imdm.devices import pick_device
 from imdm.eval.synthetic_eval import evaluate_synthetic, format_table
 from imdm.pipeline import run_pipeline
 from imdm.run_loading import load_run
@@ -21,13 +22,12 @@ EVALUATED = {"quickstart-mdlm": "MDLM", "quickstart-imdm": "IMDM", "quickstart-i
 def run_quickstart(output_dir: str, overrides=(), log=print) -> list[dict]:
     """Run (or finish) the quickstart pipeline under `output_dir`, evaluate its trained runs'
     EMA weights, print the table and write output_dir/quickstart.json; returns the rows."""
-    from imdm.parallel.distributed import init_distributed
     stages = run_pipeline(PIPELINE, overrides, log=log, output_dir=output_dir)
-    device = init_distributed("auto").device
     rows = []
     for stage in (s for s in stages if s.name in EVALUATED):
         log(f"evaluating {stage.name}")
-        run = load_run(Path(output_dir) / stage.name, device)
+        device = pick_device(stage.recipe.train.device)
+        run = load_run(Path(stage.recipe.run.output_dir) / stage.name, device)
         for row in evaluate_synthetic(run.recipe, run.model, run.process, device, tc_groups=0):
             rows.append({"method": EVALUATED[stage.name], "num_samples": run.recipe.sampling.num_samples, **row})
     (Path(output_dir) / "quickstart.json").write_text(json.dumps(rows, indent=1))

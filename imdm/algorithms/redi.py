@@ -72,9 +72,6 @@ def _check(recipe: Recipe, process: ProcessSpec) -> list[str]:
     problems = []
     if process.family != "masked":
         problems.append(f"algorithm.objective: 'redi' rectifies masked diffusion (mdlm, imdm), not '{process.name}'")
-    if recipe.data.source != "couplings":
-        problems.append("algorithm.objective: 'redi' trains on a coupling set and only it does: set both "
-                        "algorithm.objective = 'redi' and data.source = 'couplings', or neither")
     if recipe.algorithm.ignore_seed and not process.mask_states:
         problems.append("algorithm.ignore_seed: only IM-ReDi (objective 'redi' on a process with mask states) "
                         "uses mask-state seeds")

@@ -146,6 +146,11 @@ def _setting(recipe: Recipe, key: str):
     return getattr(value, name) if name else value
 
 
+def _exclusive_source(objective: ObjectiveSpec) -> str:
+    return (f"algorithm.objective: '{objective.name}' trains on a {objective.data_source} set and only it does: set "
+            f"both algorithm.objective = '{objective.name}' and data.source = '{objective.data_source}', or neither")
+
+
 def recipe_problems(recipe: Recipe) -> list[str]:
     """What the registered process and objective say is wrong with `recipe`."""
     procs, objs = processes(), objectives()
@@ -158,6 +163,8 @@ def recipe_problems(recipe: Recipe) -> list[str]:
     if problems:
         return problems
     proc, obj = procs[a.name], objs[a.objective]
+    if obj.data_source and recipe.data.source != obj.data_source:
+        problems.append(_exclusive_source(obj))
     for other in objs.values():
         if other is obj:
             continue
@@ -165,9 +172,7 @@ def recipe_problems(recipe: Recipe) -> list[str]:
                      f"algorithm.objective = '{other.name}'"
                      for key in other.owns if _setting(recipe, key) != _setting(Recipe(), key)]
         if other.data_source and recipe.data.source == other.data_source:
-            problems.append(f"algorithm.objective: a '{other.data_source}' source trains '{other.name}' and only it "
-                            f"does: set both algorithm.objective = '{other.name}' and data.source = "
-                            f"'{other.data_source}', or neither")
+            problems.append(_exclusive_source(other))
     return problems + proc.check(recipe) + obj.check(recipe, proc)
 
 
