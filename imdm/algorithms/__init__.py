@@ -1,1 +1,2 @@
-"""Training algorithms: each one object with a loss for a batch and a denoiser for sampling."""
+"""Algorithms, registered by name (registry.py, protocol.py): processes that sample and score data
+(mdlm, imdm) and the training objectives built on them (nelbo, sdtt, redi)."""

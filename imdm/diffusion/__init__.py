@@ -1,2 +1,2 @@
-"""Diffusion math: noise schedules, training times, the forward process, SUBS, the NELBO and
-the reverse-step posteriors."""
+"""Diffusion math: noise schedules, training times, the forward process, SUBS, the NELBO, the
+reverse-step posteriors and exact float64 categorical draws."""

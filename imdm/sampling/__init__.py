@@ -1,1 +1,1 @@
-"""Reverse samplers and exact categorical sampling."""
+"""Reverse samplers: the ancestral sampler with seeded or eps-driven draws and greedy removal."""
