@@ -28,3 +28,30 @@ def test_plug_in_total_correlation():
     assert abs(plug_in_total_correlation(independent)) < 1e-12
     both = torch.cat([copies, independent])                     # the mean over groups
     assert math.isclose(plug_in_total_correlation(both), math.log(2) / 2)
+
+
+def test_tc_replicas_share_mask_states_and_draw_apart():
+    """evaluate_synthetic's groups: each group's replicas share one mask-state seed and draw with
+    their own seeds; neither overlaps the seeds of the main samples."""
+    from imdm.algorithms.registry import recipe_from_dict
+    from imdm.eval import synthetic_eval
+    from imdm.sampling.ancestral import SampleResult
+
+    calls = []
+
+    class Recording:
+        def sample(self, model, settings, seeds, seq_len, noise_seeds=None, **_):
+            calls.append((seeds.clone(), noise_seeds.clone()))
+            return SampleResult(torch.zeros(len(seeds), seq_len, dtype=torch.long), 1)
+
+    recipe = recipe_from_dict({"data": {"vocab_size": 8, "seq_len": 4},
+                               "sampling": {"steps": [1], "num_samples": 32, "batch": 32}})
+    rows = synthetic_eval.evaluate_synthetic(recipe, None, Recording(), torch.device("cpu"), tc_groups=4)
+    assert rows[0]["tc_nats"] == 0.0 and rows[0]["validity"] == 1.0
+    (sampled, _), (greedy, _), *groups = calls
+    draws, states = (torch.cat(part) for part in zip(*groups))
+    assert torch.equal(sampled, greedy)                          # greedy decodes the same samples
+    k = synthetic_eval.TC_REPLICAS
+    assert torch.equal(states, states[::k].repeat_interleave(k)) and len(states.unique()) == 4
+    assert len(draws.unique()) == 4 * k
+    assert not set(states.tolist()) & set(sampled.tolist()) and not set(draws.tolist()) & set(sampled.tolist())
