@@ -126,6 +126,10 @@ def generate_couplings(recipe: Recipe, dist: DistInfo) -> Path:
     _check(recipe)
     c, device = recipe.couplings, dist.device
     teacher = load_named_run(recipe.run.output_dir, c.teacher_run, "couplings.teacher_run", device)
+    if process_spec(teacher.recipe).family != "masked":
+        raise RecipeError("imdm couplings", [f"couplings.teacher_run: run '{c.teacher_run}' has algorithm.name "
+                                             f"'{teacher.recipe.algorithm.name}'; completing noised data needs a "
+                                             f"masked diffusion teacher (mdlm, imdm)"])
     reused = _earlier_round_seeds(recipe.run.output_dir, c.teacher_run).get(c.seed)
     if reused is not None:
         raise RecipeError("imdm couplings", [f"couplings.seed: {c.seed} generated '{reused}', which teacher "

@@ -26,6 +26,7 @@ STREAM_CATEGORICAL = 1 << 20
 STREAM_REDRAW = 1 << 21
 STREAM_TEACHER = 1 << 22     # the distillation teacher's categorical draws
 STREAM_RESIDUAL_DROPOUT = 1 << 23   # the DiT's residual-branch dropout (imdm.kernels.residual_norm)
+STREAM_NEXT_TOKEN = 1 << 24   # the autoregressive sampler's next-token draws (counter: the position)
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

@@ -40,7 +40,7 @@ class ProcessSpec:
     build: Callable[[ProcessContext], Any]                # -> a Process
     sampler_settings: Callable[[Recipe, int], Any]        # (recipe, steps) -> settings for Process.sample
     model_options: Callable[[Recipe], dict] = lambda recipe: {}   # DiTConfig fields the process sets
-    family: str = ""             # what objectives may ask of it: "masked" = absorbing-state diffusion
+    family: str = ""             # what objectives may ask of it: "masked" (absorbing-state diffusion), "autoregressive"
     mask_states: bool = False    # the network reads a continuous state at each masked position (IMDM)
     check: Callable[[Recipe], list[str]] = no_problems
 

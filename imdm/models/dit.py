@@ -1,5 +1,6 @@
 """The DiT denoiser of docs/method.md section 7: untied token embedding (+ the IMDM mask state),
-pre-norm adaLN-Zero blocks with rotary bidirectional attention, an adaLN-modulated output head."""
+pre-norm adaLN-Zero blocks with rotary attention (bidirectional; causal for the autoregressive
+model), an adaLN-modulated output head."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class DiTConfig:
     qk_norm: bool = False
     vocab_pad_multiple: int = 1
     time_conditioning: bool = False
+    causal: bool = False            # causal attention (the autoregressive model)
     kernels: str = "auto"           # residual + LayerNorm kernel and MLP epilogue GEMMs: auto (on CUDA), triton, eager
     mask_state: MaskStateConfig | None = None   # None: plain MDLM (as_mdlm)
 
@@ -73,7 +75,7 @@ class DiTBlock(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.norm1 = LayerNormNoBias(d)
-        self.attn = SelfAttention(d, cfg.n_heads, cfg.attention, cfg.softcap, cfg.qk_norm)
+        self.attn = SelfAttention(d, cfg.n_heads, cfg.attention, cfg.softcap, cfg.qk_norm, cfg.causal)
         self.norm2 = LayerNormNoBias(d)
         self.mlp = BlockMLP(d, cfg.kernels)
         self.adaLN = nn.Linear(cfg.cond_dim, 6 * d)
@@ -81,15 +83,16 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.adaLN.bias)
         self.dropout, self.kernels = cfg.dropout, cfg.kernels
 
-    def forward(self, x, c, cos, sin, seeds=None, pending=None):
+    def forward(self, x, c, cos, sin, seeds=None, pending=None, cache=None):
         """(x, pending): `pending` = (branch, gate, dropout seed) is the residual branch still to
         add, x + gate * dropout(branch); the previous block's comes in (None for the first
-        block). `seeds` [2] int64 seeds the dropout of this block's two branches (None: none)."""
+        block). `seeds` [2] int64 seeds the dropout of this block's two branches (None: none).
+        `cache`: this block's keys and values (SelfAttention.forward), or None."""
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN(c).chunk(6, dim=1)
         seed_a, seed_m = (None, None) if seeds is None else (seeds[0:1], seeds[1:2])
         x, h = add_norm_modulate(x, pending or (None, None, None), self.norm1, shift_a, scale_a, self.dropout,
                                  self.kernels)
-        x, h = add_norm_modulate(x, (self.attn(h, cos, sin), gate_a, seed_a), self.norm2, shift_m, scale_m,
+        x, h = add_norm_modulate(x, (self.attn(h, cos, sin, cache), gate_a, seed_a), self.norm2, shift_m, scale_m,
                                  self.dropout, self.kernels)
         return x, (self.mlp(h), gate_m, seed_m)
 
@@ -138,6 +141,15 @@ class OutputHead(nn.Module):
         return logits[..., : self.vocab_size].contiguous()   # a copy: FSDP2 must not return a view
 
 
+class KVCache:
+    """The keys and values of the positions a causal DiT has read, one dict per block: a forward
+    given the cache reads only the next tokens, at the positions after the cached ones."""
+
+    def __init__(self, n_blocks: int):
+        self.blocks = [{} for _ in range(n_blocks)]
+        self.length = 0
+
+
 class DiT(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -151,14 +163,15 @@ class DiT(nn.Module):
 
     def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None,
                 sigma: torch.Tensor | None = None, select=None, noise_index=None, targets=None,
-                row_weight=None) -> torch.Tensor:
+                row_weight=None, cache: KVCache | None = None) -> torch.Tensor:
         """Logits before SUBS: [B, L, V], or [N, V] at `select` = (batch_idx, pos_idx) (the loss
         scores masked rows only, so the head never sees the rest); with `targets` and
         `row_weight` [N] as well, the weighted NLL sum of OutputHead.forward. `noise` is the mask-state
         base noise (required for IMDM): [B, L, noise_width] for every position, or [M' >= M,
         noise_width] for the M mask positions listed in `noise_index` (the MLP then runs on
         those rows only; rows beyond M are padding, computed and dropped). `sigma` is the noise
-        level (time-conditioned models only)."""
+        level (time-conditioned models only). `cache` (causal models): `tokens` continue the
+        cached positions, and their keys and values are added to the cache."""
         x = F.embedding(tokens, self.token_embed).float()   # residual stream in float32
         if self.mask_state is not None:
             if noise is None:
@@ -172,10 +185,15 @@ class DiT(nn.Module):
         if sigma is None or not self.cfg.time_conditioning:
             sigma = torch.zeros(tokens.shape[0], device=tokens.device)
         c = F.silu(self.time_embed(sigma))
-        cos, sin = rotary_tables(tokens.shape[1], self.cfg.d_model // self.cfg.n_heads, tokens.device)
+        offset = 0 if cache is None else cache.length
+        cos, sin = rotary_tables(offset + tokens.shape[1], self.cfg.d_model // self.cfg.n_heads, tokens.device)
+        cos, sin = cos[offset:], sin[offset:]
         seeds, pending = self._dropout_seeds(tokens.device), None
         for i, block in enumerate(self.blocks):
-            x, pending = block(x, c, cos, sin, None if seeds is None else seeds[i], pending)
+            x, pending = block(x, c, cos, sin, None if seeds is None else seeds[i], pending,
+                               None if cache is None else cache.blocks[i])
+        if cache is not None:
+            cache.length += tokens.shape[1]
         return self.head(x, c, pending, select, targets, row_weight)
 
     def _dropout_seeds(self, device: torch.device) -> torch.Tensor | None:
