@@ -98,6 +98,26 @@ def test_fused_loss_and_row_buckets_match_the_logits_path():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.gpu
+def test_on_cuda_the_fused_loss_matches_the_logits_path_and_the_cache_matches():
+    """On the GPU the fused head loss is the Triton kernel and attention is SDPA's fused one."""
+    model, x0 = _model(vocab=1001).cuda(), torch.randint(0, 1000, (6, 33), device="cuda")
+    losses, grads = [], []
+    for fused in (False, True):
+        model.zero_grad()
+        loss = Autoregressive(1000, fused_loss=fused, row_bucket=16).loss(model, x0, torch.arange(6), 6, 0)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    with torch.no_grad():
+        full, cache = model(x0), KVCache(2)
+        pieces = [model(x0[:, a:b], cache=cache) for a, b in ((0, 17), (17, 18), (18, 33))]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-4)
+
+
 def test_sampling_is_seeded_honours_the_prefix_and_greedy_is_the_argmax():
     model, ar, seeds = _model(), Autoregressive(MASK), torch.arange(100, 132)
     first = ar.sample(model, NextTokenSettings(), seeds, 8)
