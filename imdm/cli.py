@@ -120,15 +120,12 @@ def cmd_eval(args) -> int:
         from imdm.algorithms.registry import method_label
         rows = [{"method": method_label(run.recipe), "num_samples": run.recipe.sampling.num_samples, **row}
                 for row in evaluate_synthetic(run.recipe, run.model, run.process, device)]
-        table = format_table(rows, run.recipe.data.vocab_size, run.recipe.data.seq_len)
+        (Path(args.run_dir) / "eval.json").write_text(json.dumps({"step": run.step, "rows": rows}, indent=1))
+        print(format_table(rows, run.recipe.data.vocab_size, run.recipe.data.seq_len))
     else:
-        from imdm.eval.perplexity import evaluate_text
-        rows = evaluate_text(run.recipe, run.model, run.process, device)
-        table = "\n".join([f"{'set':<14}{'sequences':>10}{'tokens':>10}{'nelbo':>9}{'ppl <=':>12}"] +
-                          [f"{r['set']:<14}{r['sequences']:>10}{r['tokens']:>10}{r['nelbo']:>9.4f}{r['ppl']:>12.2f}"
-                           for r in rows])
-    (Path(args.run_dir) / "eval.json").write_text(json.dumps({"step": run.step, "rows": rows}, indent=1))
-    print(table)
+        from imdm.eval.report import write_report
+        from imdm.eval.text_eval import evaluate_text_run
+        print(write_report(args.run_dir, evaluate_text_run(run, args.run_dir, device)))
     return 0
 
 
@@ -172,9 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="write JSON here instead of stdout")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("eval", help="synthetic: validity/coverage at sampling.steps; text: perplexity bounds")
+    p = sub.add_parser("eval", help="synthetic: validity/coverage at sampling.steps; text: generative perplexity "
+                                    "and entropy at sampling.steps (judge eval.judge), the human-text row and "
+                                    "perplexity bounds, into RUN_DIR/eval.json and eval.md")
     p.add_argument("run_dir")
-    p.add_argument("overrides", nargs="*", metavar="sampling.KEY=VALUE")
+    p.add_argument("overrides", nargs="*", metavar="sampling.KEY=VALUE|eval.KEY=VALUE")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=cmd_eval)
 

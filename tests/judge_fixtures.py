@@ -35,7 +35,7 @@ def needs_shared():
 
 
 def tiny_text_run(output_dir: Path, name: str, algorithm: str, **sections) -> Path:
-    """A text run (GPT-2 tokens, L 32, width 32, one block) trained 3 steps on tiny-shakespeare,
+    """A text run (GPT-2 tokens, L 32, width 32, one block) trained 2 steps on tiny-shakespeare,
     the last 50 paragraphs held out; `sections` update the recipe's sections."""
     needs_shared()
     from imdm.algorithms.registry import recipe_from_dict
@@ -50,7 +50,7 @@ def tiny_text_run(output_dir: Path, name: str, algorithm: str, **sections) -> Pa
                  "documents": "paragraph", "holdout_documents": 50, "seq_len": 32,
                  "store_dir": str(output_dir / "cache")},
         "optimizer": {"lr": 1e-2}, "schedule": {"warmup_steps": 1},
-        "train": {"steps": 3, "global_batch": 4, "micro_batch": 4, "eval_batches": 1, "ema_decay": 0.0,
+        "train": {"steps": 2, "global_batch": 4, "micro_batch": 4, "eval_batches": 1, "ema_decay": 0.0,
                   "device": "cpu"},
         "eval": {"batch": 4, "max_batches": 1},
         "sampling": {"steps": [2], "num_samples": 4, "batch": 4},

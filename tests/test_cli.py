@@ -45,7 +45,7 @@ def test_quickstart_sample_and_eval(tmp_path):
     assert json.loads((out / "quickstart-mdlm" / "eval.json").read_text())["rows"][0]["steps"] == 2
 
     bad = _imdm("eval", str(out / "quickstart-mdlm"), "train.lr=3", cwd=tmp_path)
-    assert bad.returncode == 2 and "only sampling.* may be overridden" in bad.stderr
+    assert bad.returncode == 2 and "only sampling.* and eval.* may be overridden" in bad.stderr
 
 
 def test_train_rejects_bad_override_without_traceback(tmp_path):
@@ -74,9 +74,9 @@ def test_text_run_trains_evaluates_and_samples(tmp_path, repo_root):
     train = _imdm("train", "recipes/local_gpt2.toml", *common, cwd=repo_root)
     assert train.returncode == 0, train.stderr[-3000:]
     run_dir = tmp_path / "local-gpt2-imdm"
-    ev = _imdm("eval", str(run_dir), cwd=repo_root)
+    ev = _imdm("eval", str(run_dir), "eval.judge=", cwd=repo_root)    # generative metrics: test_generative_eval.py
     assert ev.returncode == 0, ev.stderr[-3000:]
-    rows = {r["set"]: r for r in json.loads((run_dir / "eval.json").read_text())["rows"]}
+    rows = {r["set"]: r for r in json.loads((run_dir / "eval.json").read_text())["zero_shot"]}
     assert set(rows) == {"validation", "wikitext2", "ptb", "lambada"}
     for r in rows.values():
         assert r["tokens"] > 0 and 1.0 < r["ppl"] < 1e6     # an untrained bound sits near V = 50258

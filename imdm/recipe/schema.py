@@ -141,6 +141,10 @@ class EvalSection:
     local_root: str = spec("../shared/data", doc="where local copies of the evaluation sets live")
     batch: int = spec(16, gt=0, doc="sequences per evaluation batch")
     max_batches: int = spec(0, ge=0, doc="cap per set (0 = the whole set)")
+    judge: str = spec("gpt2-large", doc="generative perplexity's frozen causal scorer: a Hugging Face model name or "
+                                        "save_pretrained folder, or run:RUN_DIR of an autoregressive run; \"\" = no "
+                                        "generative metrics")
+    judge_batch: int = spec(16, gt=0, doc="sequences (or scoring windows) per judge forward pass")
 
 
 @dataclass

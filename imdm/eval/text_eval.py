@@ -1,0 +1,86 @@
+"""`imdm eval` of a text run (docs/method.md section 9): at each of `sampling.steps`, the
+generative perplexity and entropy of `sampling.num_samples` unconditional samples (seeds from
+the evaluation stream, as `imdm sample` draws them); the same numbers for as many held-out
+sequences of the run's validation split, of the same length (the human row); and the
+perplexity bounds of imdm.eval.perplexity. The judge is loaded and the human sequences are
+read before any sampling, so a missing judge or a short validation split fails at once."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from tqdm import tqdm
+
+from imdm import rng
+from imdm.algorithms.registry import method_label
+from imdm.build import autocast_dtype, has_validation_split, sampler_settings
+from imdm.data.text_dataset import open_text_dataset
+from imdm.eval.generative import score_sequences
+from imdm.eval.judge import Judge, load_judge
+from imdm.eval.perplexity import evaluate_text
+from imdm.recipe import Recipe, RecipeError
+from imdm.run_loading import LoadedRun
+from imdm.sampling.ancestral import generation_seeds
+
+
+def generate_samples(recipe: Recipe, model: torch.nn.Module, process, device: torch.device, steps: int,
+                     progress: bool = False) -> tuple[list[list[int]], float]:
+    """(samples 0 .. num_samples - 1 of the evaluation stream at `steps` steps, mean NFE per call)."""
+    s = recipe.sampling
+    settings, amp = sampler_settings(recipe, steps), autocast_dtype(recipe, device)
+    samples, nfe, calls = [], 0.0, 0
+    bar = tqdm(total=s.num_samples, desc=f"sampling {steps} steps", unit="seq", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    for first in range(0, s.num_samples, s.batch):
+        seeds = generation_seeds(s.seed, first, min(s.batch, s.num_samples - first), rng.STREAM_EVAL_SEED)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            result = process.sample(model, settings, seeds.to(device), recipe.data.seq_len)
+        samples += result.tokens.cpu().tolist()
+        nfe, calls = nfe + result.nfe, calls + 1
+        bar.update(len(seeds))
+    bar.close()
+    return samples, nfe / calls
+
+
+def human_sequences(recipe: Recipe, count: int) -> list[list[int]]:
+    """`count` validation sequences spread evenly over the split (their real tokens only)."""
+    dataset = open_text_dataset(recipe, "validation")
+    if len(dataset) < count:
+        raise RecipeError("imdm eval", [
+            f"sampling.num_samples: the human reference row needs {count} validation sequences of "
+            f"{recipe.data.seq_len} tokens, but the validation split has {len(dataset)} (hold out more "
+            "documents or lower sampling.num_samples)"])
+    index = torch.linspace(0, len(dataset) - 1, count).round().long()
+    tokens, valid = dataset.rows(index)
+    return [row[keep].tolist() for row, keep in zip(tokens, valid)]
+
+
+def generative_rows(run: LoadedRun, judge: Judge, device: torch.device) -> list[dict]:
+    """One row per step count of `sampling.steps`."""
+    recipe, decode, rows = run.recipe, run.vocab.tokenizer.decode, []
+    progress = recipe.logging.progress
+    for steps in recipe.sampling.steps:
+        samples, nfe = generate_samples(recipe, run.model, run.process, device, steps, progress)
+        score = score_sequences(judge, samples, decode, progress, f"judging {steps} steps")
+        rows.append({"steps": steps, "nfe": nfe, "temperature": recipe.sampling.temperature,
+                     "gen_ppl": score["gen_ppl"], "entropy": score["entropy"], "num_samples": score["num_samples"],
+                     "tokens": score["tokens"], "tc_nats": None})
+    return rows
+
+
+def evaluate_text_run(run: LoadedRun, run_dir: str, device: torch.device) -> dict:
+    """The eval.json payload of a text run (imdm.eval.report writes it)."""
+    recipe = run.recipe
+    judge = load_judge(recipe.eval.judge, device, recipe.eval.judge_batch) if recipe.eval.judge else None
+    rows, human = [], None
+    if judge is not None:
+        references = human_sequences(recipe, recipe.sampling.num_samples) if has_validation_split(recipe) else None
+        rows = generative_rows(run, judge, device)
+        if references is not None:
+            score = score_sequences(judge, references, run.vocab.tokenizer.decode, recipe.logging.progress,
+                                    "judging human text")
+            human = {k: score[k] for k in ("gen_ppl", "entropy", "num_samples")}
+    return {"run_dir": str(run_dir), "step": run.step, "method": method_label(recipe), "judge": recipe.eval.judge,
+            "rows": rows, "human": human, "zero_shot": evaluate_text(recipe, run.model, run.process, device),
+            "mauve": None}
