@@ -15,7 +15,7 @@ from imdm.eval.judge import Judge
 from imdm.recipe import RecipeError
 from judge_fixtures import SHARED, needs_shared, tiny_hf_judge, tiny_text_run
 
-P = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)      # the stand-in judge's probability of tokens 0..3, whatever came before
+P = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)   # the stand-in judge's p(token), whatever came before
 
 
 class UnigramJudge(Judge):

@@ -74,6 +74,13 @@ def test_missing_judges_are_clear_errors(tmp_path, monkeypatch):
         hub_online.cache_clear()
 
 
+def test_a_hugging_face_judge_without_transformers_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "transformers", None)     # import transformers raises ImportError
+    with pytest.raises(RecipeError, match=r"pip install 'imdm\[eval\]'"):
+        load_judge(str(tmp_path), CPU)
+
+
 @pytest.fixture(scope="module")
 def ar_text_run(tmp_path_factory):
     return tiny_text_run(tmp_path_factory.mktemp("runs"), "judge-ar", "ar")

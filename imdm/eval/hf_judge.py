@@ -49,8 +49,8 @@ def load_hf_judge(spec: str, device: torch.device, batch: int) -> HuggingFaceJud
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as err:
-        raise RecipeError("eval.judge", [f"a Hugging Face judge needs transformers ({err}): pip install 'imdm[eval]'"]) \
-            from None
+        problem = f"a Hugging Face judge needs transformers ({err}): pip install 'imdm[eval]'"
+        raise RecipeError("eval.judge", [problem]) from None
     path = Path(spec)
     if not path.is_dir() and (path.is_absolute() or spec.startswith(".")):
         raise _cannot_load(spec, "no such folder")
@@ -61,5 +61,5 @@ def load_hf_judge(spec: str, device: torch.device, batch: int) -> HuggingFaceJud
     except (OSError, ValueError) as err:
         raise _cannot_load(spec, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'not found'}") \
             from None
-    model.requires_grad_(False)
-    return HuggingFaceJudge(spec, model.eval().to(device), tokenizer, device, batch)
+    model.requires_grad_(False)      # float32 weights whatever the checkpoint's dtype; bf16 only under autocast
+    return HuggingFaceJudge(spec, model.float().eval().to(device), tokenizer, device, batch)
