@@ -208,9 +208,11 @@ def test_imdm_sample_prefix_ids_on_a_synthetic_run(tmp_path, capsys):
     for args, needle in ((["--prefix", "hello"], "no tokenizer"),
                          (["--prefix-ids", "1,2,3,4,5,6,7,8"], "takes 8 positions; data.seq_len 8"),
                          (["--prefix-ids", "1,x"], "not a comma-separated list"),
-                         (["--prefix-ids", "1,16"], "ids [16] are not tokens of the run (0 .. 16 except the mask id 16)")):
+                         (["--prefix-ids", "1,16"], "ids [16] are not tokens of the run (0 .. 16 except the mask")):
         assert cli_main(["sample", str(run_dir), *args]) == 2
         assert needle in capsys.readouterr().err
+    assert cli_main(["eval", str(run_dir), "conditional.enabled=true"]) == 2     # a loaded run takes the override
+    assert "conditional.enabled: prompts come from validation documents" in capsys.readouterr().err
 
 
 @needs_shared
