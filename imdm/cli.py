@@ -85,19 +85,45 @@ def _device(name: str):
     return pick_device(name)
 
 
+def _prompt(args, run) -> list[int] | None:
+    """The ids `--prefix` / `--prefix-ids` clamp, or None without a prompt."""
+    from imdm.eval.conditional import prompt_ids
+    from imdm.recipe.errors import RecipeError
+    if args.prefix is None and args.prefix_ids is None:
+        return None
+    ids = None
+    if args.prefix_ids is not None:
+        try:
+            ids = [int(i) for i in args.prefix_ids.split(",") if i.strip()]
+        except ValueError:
+            raise RecipeError("imdm sample --prefix-ids", [f"{args.prefix_ids!r} is not a comma-separated list of "
+                                                           "token ids"]) from None
+    return prompt_ids(run.vocab, run.recipe.data.seq_len, args.prefix, ids)
+
+
 def cmd_sample(args) -> int:
     from imdm.build import sampler_settings
     from imdm import rng
+    from imdm.eval.conditional import conditional_seeds
     from imdm.sampling.ancestral import generation_seeds
     from imdm.run_loading import load_run
+    import torch
     run = load_run(args.run_dir, _device(args.device), args.overrides)
     s = run.recipe.sampling
     steps = args.steps or s.steps[-1]
-    seeds = generation_seeds(s.seed, 0, args.num_samples, rng.STREAM_EVAL_SEED)
-    result = run.process.sample(run.model, sampler_settings(run.recipe, steps),
-                                seeds.to(run.model.token_embed.device), run.recipe.data.seq_len)
+    device = run.model.token_embed.device
+    prompt = _prompt(args, run)
+    if prompt is None:
+        seeds, prefix = generation_seeds(s.seed, 0, args.num_samples, rng.STREAM_EVAL_SEED), None
+    else:
+        seeds = conditional_seeds(s.seed, 0, args.num_samples)
+        prefix = torch.tensor([prompt] * args.num_samples, dtype=torch.int64, device=device)
+    result = run.process.sample(run.model, sampler_settings(run.recipe, steps), seeds.to(device),
+                                run.recipe.data.seq_len, prefix=prefix)
     out = {"run_dir": str(args.run_dir), "step": run.step, "steps": steps, "nfe": result.nfe,
            "samples": result.tokens.cpu().tolist()}
+    if prompt is not None:
+        out["prefix"] = prompt
     if run.vocab.tokenizer is not None:
         out["text"] = [run.vocab.tokenizer.decode(ids) for ids in out["samples"]]
     text = json.dumps(out)
@@ -160,13 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every stage")
     p.set_defaults(func=cmd_pipeline)
 
-    p = sub.add_parser("sample", help="generate from a run's newest checkpoint (EMA weights)")
+    p = sub.add_parser("sample", help="generate from a run's newest checkpoint (EMA weights), optionally continuing "
+                                      "a prompt")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", metavar="sampling.KEY=VALUE")
     p.add_argument("--steps", type=int, default=0, help="reverse steps (default: the recipe's last)")
     p.add_argument("--num-samples", type=int, default=8)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", default="", help="write JSON here instead of stdout")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prefix", default=None, metavar="TEXT",
+                        help="continue this text: BOS and its tokens are clamped at the start of every sample")
+    prompt.add_argument("--prefix-ids", default=None, metavar="ID,ID,...",
+                        help="continue these token ids, clamped at the start of every sample as given")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="synthetic: validity/coverage at sampling.steps; text: generative perplexity "

@@ -15,6 +15,8 @@ from imdm.recipe import Recipe
 from imdm.parallel.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, load_checkpoint
 from imdm.parallel.ema import EMA
 
+LOADED_RUN_OVERRIDES = ("sampling.", "eval.", "conditional.")   # how a finished run is sampled and evaluated
+
 
 @dataclass
 class LoadedRun:
@@ -28,13 +30,13 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path, device: torch.device, overrides=()) -> LoadedRun:
     """The run's model with EMA weights, in eval mode, on `device`. `overrides` may change
-    sampling and evaluation settings (sampling.*, eval.*) only."""
+    how the run is sampled and evaluated only (sampling.*, eval.*, conditional.*)."""
     run_dir = Path(run_dir)
     if not (run_dir / "recipe.toml").is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no recipe.toml)")
-    bad = [o for o in overrides if not o.startswith(("sampling.", "eval."))]
+    bad = [o for o in overrides if not o.startswith(LOADED_RUN_OVERRIDES)]
     if bad:
-        raise CheckpointError(f"only sampling.* and eval.* may be overridden when loading a run, not {bad}")
+        raise CheckpointError(f"only sampling.*, eval.* and conditional.* may be overridden when loading a run, not {bad}")
     recipe = load_recipe(str(run_dir / "recipe.toml"), overrides)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:

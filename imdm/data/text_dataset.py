@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -63,6 +64,46 @@ def _open_store(path: str, tokenizer: TextTokenizer, recipe: Recipe) -> TokenSto
     return store
 
 
+@dataclass(frozen=True)
+class SplitSource:
+    """Where a text split's documents come from, before tokenization."""
+    documents: Callable[[], Iterable[str]]   # the split's raw documents, in order
+    fingerprint: str                         # content fingerprint of the source
+    detokenizer: str                         # a DETOKENIZERS name, applied to each document
+    name: str
+    doc_mode: str
+
+
+def split_source(recipe: Recipe, split: str) -> SplitSource:
+    """The documents of `split` of the recipe's local or hub source."""
+    d = recipe.data
+    if d.source == "local":
+        files = resolve_paths(d.paths, Path.cwd())
+        docs = _documents_for_split(local_documents(files, d.documents, d.jsonl_field), split, d.holdout_documents)
+        detok = "none" if d.detokenizer == "auto" else d.detokenizer
+        return SplitSource(lambda: docs, f"local:{fingerprint_files(files)}:{d.holdout_documents}", detok, "local",
+                           d.documents)
+    if d.source == "hub":
+        documents, fingerprint = load_hub_documents(d.dataset, split, d.hub_location)
+        detok = HUB_SETS[d.dataset].detokenizer if d.detokenizer == "auto" else d.detokenizer
+        return SplitSource(documents, fingerprint, detok, d.dataset, "rows")
+    raise DataSourceError(f"data.source '{d.source}' is not a text source")
+
+
+def document_tokens(recipe: Recipe, split: str, tokenizer: TextTokenizer, batch_docs: int = 64) -> Iterator[list[int]]:
+    """Each document of `split`, detokenized and encoded as the token store encodes it (no
+    special tokens), in order; documents are read and encoded only as far as the caller goes."""
+    source = split_source(recipe, split)
+    detokenize, batch = DETOKENIZERS[source.detokenizer], []
+    for doc in source.documents():
+        batch.append(detokenize(doc))
+        if len(batch) == batch_docs:
+            yield from tokenizer.encode_batch(batch)
+            batch = []
+    if batch:
+        yield from tokenizer.encode_batch(batch)
+
+
 def open_text_dataset(recipe: Recipe, split: str, is_main: bool = True) -> TextDataset:
     """The packed `split` of the recipe's text source, building its token store on the main
     rank if it does not exist yet (other ranks wait, then open it)."""
@@ -70,20 +111,10 @@ def open_text_dataset(recipe: Recipe, split: str, is_main: bool = True) -> TextD
     tokenizer = load_tokenizer(recipe.tokenizer.kind, recipe.tokenizer.path)
     if d.source == "store":
         return TextDataset(_open_store(d.store, tokenizer, recipe), tokenizer, d.store)
-    if d.source == "local":
-        files = resolve_paths(d.paths, Path.cwd())
-        docs = _documents_for_split(local_documents(files, d.documents, d.jsonl_field), split, d.holdout_documents)
-        fingerprint = f"local:{fingerprint_files(files)}:{d.holdout_documents}"
-        detok = "none" if d.detokenizer == "auto" else d.detokenizer
-        documents, name, doc_mode = (lambda: docs), "local", d.documents
-    elif d.source == "hub":
-        documents, fingerprint = load_hub_documents(d.dataset, split, d.hub_location)
-        detok = HUB_SETS[d.dataset].detokenizer if d.detokenizer == "auto" else d.detokenizer
-        name, doc_mode = d.dataset, "rows"
-    else:
-        raise DataSourceError(f"data.source '{d.source}' is not a text source")
-    key = StoreKey(tokenizer.kind, tokenizer.content_hash, fingerprint, split, doc_mode, detok, d.packing, d.seq_len)
-    return _build_and_open(recipe, tokenizer, key, documents, is_main, name)
+    source = split_source(recipe, split)
+    key = StoreKey(tokenizer.kind, tokenizer.content_hash, source.fingerprint, split, source.doc_mode,
+                   source.detokenizer, d.packing, d.seq_len)
+    return _build_and_open(recipe, tokenizer, key, source.documents, is_main, source.name)
 
 
 def _build_and_open(recipe: Recipe, tokenizer: TextTokenizer, key: StoreKey, documents, is_main: bool,

@@ -21,6 +21,13 @@ else:
 
 PACKAGED_PREFIX = "builtin:"
 
+# Keys the schema no longer has -> (the value that left them inert, what replaced them). Run
+# directories written before a removal keep loading; any other value is refused.
+RETIRED_KEYS = {
+    "sampling.prefix_len": (0, "a prompt's length is that of the prompt given to imdm sample --prefix, or "
+                               "conditional.prefix_tokens for imdm eval"),
+}
+
 
 def _nearest(word: str, candidates: typing.Iterable[str]) -> str:
     match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.4)
@@ -105,6 +112,11 @@ def _build_section(name: str, cls: type, table: dict, problems: list[str]):
     kwargs = {}
     for key, value in table.items():
         dotted = f"{name}.{key}"
+        if dotted in RETIRED_KEYS:
+            inert, replacement = RETIRED_KEYS[dotted]
+            if value != inert:
+                problems.append(f"{dotted}: removed; {replacement}")
+            continue
         if key not in known:
             problems.append(f"{dotted}: unknown key{_nearest(dotted, [f'{name}.{k}' for k in known])}")
             continue

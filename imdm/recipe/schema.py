@@ -215,7 +215,6 @@ class SamplingSection:
     top_p: float = spec(1.0, gt=0.0, le=1.0, doc="nucleus filtering of x_theta (1 = off)")
     kernel: str = spec("auto", choices=("auto", "triton", "eager"),
                        doc="sampler step: auto = the fused Triton kernel on GPU, else the eager float64 one")
-    prefix_len: int = spec(0, ge=0, doc="positions clamped to data (conditional generation)")
     noise_removal: str = spec("ancestral", choices=("ancestral", "greedy"),
                               doc="the last step: an ancestral draw, or the argmax of x_theta (the reference's 'greedy')")
     draws: str = spec("seeded", choices=("seeded", "eps"),
@@ -226,6 +225,17 @@ class SamplingSection:
     eps_digits: int = spec(3, gt=0, le=8, doc="draws = eps: mask-state coordinates composing a draw's uniform "
                                                "(base-64 digits)")
     seed: int = spec(42, ge=0, doc="seed of the generated samples")
+
+
+@dataclass
+class ConditionalSection:
+    enabled: bool = spec(False, doc="imdm eval also scores conditional generation with MAUVE (text runs)")
+    documents: int = spec(256, ge=2, doc="validation documents giving a prompt and a human continuation")
+    min_doc_tokens: int = spec(1024, gt=0, doc="only documents at least this many tokens long are used")
+    prefix_tokens: int = spec(50, gt=0, doc="the prompt: a document's first tokens, clamped after BOS")
+    continuations: int = spec(5, gt=0, doc="generated continuations per prompt")
+    length: int = spec(100, gt=0, doc="tokens kept of each continuation and of each human reference")
+    mauve_seeds: int = spec(5, gt=0, doc="MAUVE is the mean over this many k-means seeds (0, 1, ...)")
 
 
 @dataclass
@@ -241,7 +251,7 @@ SECTIONS: dict[str, type] = {
     "optimizer": OptimizerSection, "schedule": ScheduleSection, "train": TrainSection,
     "parallelism": ParallelismSection, "checkpoint": CheckpointSection,
     "sampling": SamplingSection, "logging": LoggingSection, "distill": DistillSection, "init": InitSection,
-    "couplings": CouplingsSection,
+    "couplings": CouplingsSection, "conditional": ConditionalSection,
 }
 
 
@@ -263,6 +273,7 @@ class Recipe:
     distill: DistillSection = field(default_factory=DistillSection)
     init: InitSection = field(default_factory=InitSection)
     couplings: CouplingsSection = field(default_factory=CouplingsSection)
+    conditional: ConditionalSection = field(default_factory=ConditionalSection)
 
     def cross_checks(self, world_size: int | None = None) -> list[str]:
         """Problems that involve several fields, as 'key: message' lines."""
@@ -287,13 +298,11 @@ class Recipe:
                             + _micro_batch_hint(self.train.global_batch, self.train.micro_batch, dp))
         if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in self.sampling.steps):
             problems.append(f"sampling.steps: every entry must be an integer >= 1, got {self.sampling.steps}")
-        if self.sampling.prefix_len >= self.data.seq_len:
-            problems.append(f"sampling.prefix_len: {self.sampling.prefix_len} leaves nothing to generate "
-                            f"at data.seq_len {self.data.seq_len}")
         if self.sampling.num_samples % self.sampling.batch != 0:
             problems.append(f"sampling.num_samples: {self.sampling.num_samples} is not a multiple of "
                             f"sampling.batch ({self.sampling.batch})")
         problems += self._data_checks()
+        problems += self._conditional_checks()
         problems += self._run_name_checks()
         return problems
 
@@ -310,6 +319,28 @@ class Recipe:
         if self.couplings.teacher_run and self.couplings.teacher_run == name:
             problems.append(f"couplings.teacher_run: the coupling set needs its own run.name, not the teacher's "
                             f"'{name}'")
+        return problems
+
+    def _conditional_checks(self) -> list[str]:
+        """Conditional generation (docs/method.md section 9) needs validation documents of a text
+        source and room for BOS, the prompt and the kept continuation in one sequence."""
+        c, d = self.conditional, self.data
+        if not c.enabled:
+            return []
+        problems = []
+        if d.source in ("synthetic", "store"):
+            problems.append(f"conditional.enabled: prompts come from validation documents, which data.source "
+                            f"'{d.source}' does not have (use a local or hub source)")
+        if d.source == "local" and d.holdout_documents == 0:
+            problems.append("conditional.enabled: prompts come from the validation split: set data.holdout_documents")
+        if 1 + c.prefix_tokens + c.length > d.seq_len:
+            problems.append(f"conditional.length: BOS + {c.prefix_tokens} prompt tokens + {c.length} generated tokens "
+                            f"do not fit in data.seq_len {d.seq_len}")
+        if c.min_doc_tokens < c.prefix_tokens + c.length:
+            problems.append(f"conditional.min_doc_tokens: {c.min_doc_tokens} is shorter than the prompt and the "
+                            f"human continuation ({c.prefix_tokens} + {c.length} tokens)")
+        if c.documents * c.continuations > 1 << 31:
+            problems.append("conditional.continuations: documents x continuations must stay below 2^31 seeds")
         return problems
 
     def _data_checks(self) -> list[str]:

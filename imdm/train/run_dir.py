@@ -16,7 +16,7 @@ RESUMABLE_CHANGES = {"train.steps", "train.eval_every", "train.eval_batches", "t
                      "train.nonfinite", "train.max_nonfinite", "data.num_workers", "checkpoint.every_steps",
                      "checkpoint.keep_last", "checkpoint.resume", "checkpoint.async_save",
                      "checkpoint.seed_checkpoint", "train.device"}
-RESUMABLE_SECTIONS = {"logging", "sampling", "parallelism", "eval"}
+RESUMABLE_SECTIONS = {"logging", "sampling", "parallelism", "eval", "conditional"}
 
 
 def _flat(text: str) -> dict:
