@@ -81,6 +81,17 @@ def test_the_suite_is_every_named_set_but_the_training_corpus(repo_root):
     assert owt["eval"]["sets"] == list(ZERO_SHOT_SETS)
 
 
+def test_usage_guide_lists_each_set_as_the_table_does(repo_root):
+    rows = {line.split("|")[1].strip(" `"): [cell.strip(" `/") for cell in line.split("|")[2:-1]]
+            for line in Path(repo_root, "docs", "usage.md").read_text().splitlines() if line.startswith("| `")}
+    for name in ZERO_SHOT_SETS:
+        spec = HUB_SETS[name]
+        path, folder, revision, column, detokenizer, _ = rows[name]
+        assert (path, folder, column, detokenizer) == (spec.path, spec.config or spec.data_dir or "", spec.column,
+                                                       spec.detokenizer), name
+        assert revision == ("parquet export" if spec.revision == PARQUET_EXPORT else "main"), name
+
+
 @pytest.mark.parametrize("name", ZERO_SHOT_SETS)
 def test_id_table_entry(name):
     spec = HUB_SETS[name]
