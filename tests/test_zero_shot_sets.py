@@ -166,3 +166,7 @@ def test_a_saved_copy_under_local_root_serves_any_set_offline(monkeypatch, tmp_p
     dataset = open_eval_set(recipe, "ag_news")
     encoded = sum(len(ids) + 1 for ids in dataset.tokenizer.encode_batch(texts))   # + EOS per document
     assert len(dataset) == encoded // 30      # wrap: BOS + 30-token chunk + EOS, remainder dropped
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts})}).save_to_disk(
+        str(tmp_path / "eval" / "lm1b"))
+    with pytest.raises(DataSourceError, match=rf"set 'lm1b': cannot load .* from {tmp_path}.*no split 'test'"):
+        open_eval_set(recipe, "lm1b")

@@ -71,11 +71,13 @@ def eval_set_recipe(recipe: Recipe, name: str) -> tuple[Recipe, str]:
 
 def open_eval_set(recipe: Recipe, name: str) -> TextDataset:
     """The packed zero-shot set `name`; a set that is neither under eval.local_root nor
-    loadable from the hub is an error naming both."""
+    loadable from the hub is an error naming both, an unreadable saved copy one naming it."""
     sub_recipe, split = eval_set_recipe(recipe, name)
     try:
         return open_text_dataset(sub_recipe, split)
     except HubUnavailable as err:
+        if sub_recipe.data.hub_location:
+            raise DataSourceError(f"eval.sets: zero-shot set '{name}': {err.reason}") from None
         local = LOCAL_EVAL_FILES.get(name)
         wanted = (f"{local[0]} or " if local else "") + f"eval/{name}/ (written by datasets' save_to_disk)"
         raise DataSourceError(f"eval.sets: zero-shot set '{name}' has no local copy under eval.local_root = "
@@ -97,10 +99,10 @@ def nelbo_per_token(model: torch.nn.Module, process: Process, dataset, batch: in
 
     Each sequence's terms are averaged over k = `t_per_sequence` times. The process draws the k
     times of a batch of n sequences as one stratified global batch of k n (docs/method.md section
-    1: antithetic, t = (u + i) / (k n)); sequence r takes entries p(r) + j n for j < k, p a seeded
-    random permutation, so its k times sit 1/k apart, one in each of k equal strata, at a
-    uniformly random offset: an unbiased estimate for every sequence. Seeds come from the
-    evaluation stream (rng.STREAM_EVAL_NELBO) of `seed`."""
+    1; antithetic by default: t_i = (u + i) / (k n)); sequence r takes entries p(r) + j n for
+    j < k, p a seeded random permutation, so its k times fall one in each of k equal strata (1/k
+    apart when antithetic) at a uniformly random offset: an unbiased estimate for every
+    sequence. Seeds come from the evaluation stream (rng.STREAM_EVAL_NELBO) of `seed`."""
     was_training = model.training
     model.eval()
     eval_seed = int(rng.derive_seed(seed, torch.tensor(0), rng.STREAM_EVAL_NELBO))
