@@ -54,13 +54,14 @@ def test_steps_panel_has_a_line_per_run_at_temperature_one_and_the_human_level(t
 
 
 def test_frontier_panel_follows_temperatures_at_the_largest_step_count(two_runs):
-    _, right = generative_figure(list(two_runs)).axes
+    left, right = generative_figure(list(two_runs)).axes
     mdlm, imdm, human = right.get_lines()
     assert _data(mdlm) == ([5.0, 5.2, 5.3], [60, 80, 100])      # T 0.8, 0.9, 1 at 16 steps; 4 steps left out
     assert _data(imdm) == ([5.0], [90])
     assert _data(human) == ([5.6], [40]) and human.get_marker() == "*"
     assert mdlm.get_label() == "mdlm (16 steps)" and right.get_yscale() == "log" and right.get_xscale() == "linear"
-    assert mdlm.get_color() == generative_figure(list(two_runs)).axes[0].get_lines()[0].get_color()
+    assert [line.get_color() for line in (mdlm, imdm)] == [line.get_color() for line in left.get_lines()[:2]]
+    assert mdlm.get_color() != imdm.get_color()
 
 
 def test_shared_methods_fall_back_to_directory_names_and_distinct_humans_are_drawn_apart(tmp_path):

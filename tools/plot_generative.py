@@ -70,8 +70,8 @@ def generative_figure(run_dirs: list):
     reports = [read_eval(run) for run in run_dirs]
     figure = _figure_class()(figsize=(11, 4.5))
     by_steps, frontier = figure.subplots(1, 2)
-    all_steps = set()
-    for run, report, label in zip(run_dirs, reports, run_labels(run_dirs, reports)):
+    labels, all_steps = run_labels(run_dirs, reports), set()
+    for run, report, label in zip(run_dirs, reports, labels):
         rows = rows_against_steps(report["rows"], str(run))
         all_steps.update(r["steps"] for r in rows)
         line, = by_steps.plot([r["steps"] for r in rows], [r["gen_ppl"] for r in rows], marker="o", label=label)
@@ -81,7 +81,7 @@ def generative_figure(run_dirs: list):
         for r in front:
             frontier.annotate(f"T={r['temperature']:g}", (r["entropy"], r["gen_ppl"]), textcoords="offset points",
                               xytext=(4, 4), fontsize=7)
-    _draw_human(by_steps, frontier, reports, run_labels(run_dirs, reports))
+    _draw_human(by_steps, frontier, reports, labels)
     by_steps.set_xscale("log", base=2)
     by_steps.set_yscale("log")
     by_steps.set_xticks(sorted(all_steps), labels=[str(s) for s in sorted(all_steps)])
