@@ -1,4 +1,4 @@
-"""The `imdm` command line: check, train, couplings, pipeline, sample, eval, quickstart. Recipe and checkpoint
+"""The `imdm` command line: check, train, couplings, pipeline, sample, eval, quickstart, plot. Recipe and checkpoint
 problems end with a message and exit status 2, not a traceback. `check` never imports torch."""
 
 from __future__ import annotations
@@ -161,6 +161,12 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from imdm.tools.plot_generative import write_generative_plot
+    print(write_generative_plot(args.run_dirs, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imdm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every stage")
     p.add_argument("--output-dir", default="runs")
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("plot", help="text runs' generative perplexity (their eval.json) against sampling steps, "
+                                    "and against entropy across temperatures")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="FILE.png|FILE.svg")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

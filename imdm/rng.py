@@ -27,6 +27,7 @@ STREAM_REDRAW = 1 << 21
 STREAM_TEACHER = 1 << 22     # the distillation teacher's categorical draws
 STREAM_RESIDUAL_DROPOUT = 1 << 23   # the DiT's residual-branch dropout (imdm.kernels.residual_norm)
 STREAM_NEXT_TOKEN = 1 << 24   # the autoregressive sampler's next-token draws (counter: the position)
+STREAM_EVAL_NELBO = 1 << 25   # the perplexity bound: its root seed and each batch's order of t strata
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Named corpora of the field on the Hugging Face hub, loaded with `datasets` (imported only
-here, so runs on prepared token stores never need it). Offline, loading fails at once with a
-message that says how to point the recipe at local files."""
+here, so runs on prepared token stores never need it). Every id is served as data files
+(parquet or JSON lines): `datasets` 4 and later no longer run loading scripts. Offline, loading
+fails at once with a message that says how to point the recipe at local files."""
 
 from __future__ import annotations
 
@@ -9,36 +10,65 @@ from dataclasses import dataclass, field
 from imdm.data.hub import hub_online
 from imdm.data.local_text import DataSourceError
 
+PARQUET_EXPORT = "refs/convert/parquet"   # the hub's own parquet copy of a script-based dataset
+
+
+class HubUnavailable(DataSourceError):
+    """A named set that could not be loaded from the hub (or the saved copy given instead);
+    `reason` says why, without the advice the message ends with."""
+
+    def __init__(self, reason: str, advice: str):
+        self.reason = reason
+        super().__init__(f"{reason}. {advice}")
+
 
 @dataclass(frozen=True)
 class HubSet:
+    """Where a named set lives: `datasets.load_dataset(path, config, split=..., data_dir=...,
+    revision=...)`, the column holding its text and the detokenizer the zero-shot protocol
+    applies to it."""
     path: str
     config: str | None
     splits: dict = field(default_factory=dict)     # our split name -> datasets split expression
     column: str = "text"
     detokenizer: str = "none"
-    trust_remote_code: bool = False
+    data_dir: str | None = None    # a folder of the repository: one configuration of a parquet export
+    revision: str | None = None
 
 
+_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+
+# Sources (from each repository's file listing on the hub):
+# - openwebtext: Skylion007/openwebtext, the script replaced by data/train-*.parquet by its owner
+#   (hub discussion #18, "convert-parquet-full"); one split, so validation is its last 100,000 rows.
+# - lm1b: billion-word-benchmark/lm1b keeps only its loading script lm1b.py on main; the hub's
+#   parquet export holds the same rows under plain_text/{train,test}/. Validation = test (MDLM).
+# - wikitext2 / wikitext103: Salesforce/wikitext, converted to parquet on main (hub PR #8), one
+#   folder per configuration; the raw configurations keep the text as published.
+# - ptb: ptb-text-only/ptb_text_only keeps only ptb_text_only.py on main; the parquet export holds
+#   penn_treebank/{train,validation,test}/, column "sentence" (GPTQ-style evaluators load it so).
+# - lambada: EleutherAI/lambada_openai, converted to parquet on main; configuration "default" is
+#   OpenAI's English test file (5,153 passages), the one MDLM scores.
+# - ag_news: fancyzhx/ag_news (where the canonical "ag_news" moved), parquet on main.
+# - scientific_papers_*: armanc/scientific_papers keeps only its script on main; the parquet export
+#   has arxiv/ and pubmed/ folders with the script's columns (article, abstract, section_names).
+#   The export's arxiv train split is partial (its converter stops at 5 GB); zero-shot reads test.
 HUB_SETS = {
-    "openwebtext": HubSet("openwebtext", None, {"train": "train[:-100000]", "validation": "train[-100000:]"},
-                          trust_remote_code=True),
-    "lm1b": HubSet("lm1b", None, {"train": "train", "validation": "test"}, detokenizer="lm1b"),
-    "wikitext2": HubSet("wikitext", "wikitext-2-raw-v1",
-                        {"train": "train", "validation": "validation", "test": "test"}, detokenizer="wikitext"),
-    "wikitext103": HubSet("wikitext", "wikitext-103-raw-v1",
-                          {"train": "train", "validation": "validation", "test": "test"}, detokenizer="wikitext"),
-    "ptb": HubSet("ptb_text_only", None, {"train": "train", "validation": "validation", "test": "test"},
-                  column="sentence", detokenizer="ptb"),
+    "openwebtext": HubSet("Skylion007/openwebtext", None,
+                          {"train": "train[:-100000]", "validation": "train[-100000:]"}),
+    "lm1b": HubSet("billion-word-benchmark/lm1b", None, {"train": "train", "validation": "test", "test": "test"},
+                   detokenizer="lm1b", data_dir="plain_text", revision=PARQUET_EXPORT),
+    "wikitext2": HubSet("Salesforce/wikitext", "wikitext-2-raw-v1", _SPLITS, detokenizer="wikitext"),
+    "wikitext103": HubSet("Salesforce/wikitext", "wikitext-103-raw-v1", _SPLITS, detokenizer="wikitext"),
+    "ptb": HubSet("ptb-text-only/ptb_text_only", None, _SPLITS, column="sentence", detokenizer="ptb",
+                  data_dir="penn_treebank", revision=PARQUET_EXPORT),
     "lambada": HubSet("EleutherAI/lambada_openai", "default", {"validation": "test", "test": "test"},
                       detokenizer="lambada"),
-    "ag_news": HubSet("ag_news", None, {"train": "train", "validation": "test", "test": "test"}),
-    "scientific_papers_arxiv": HubSet("scientific_papers", "arxiv",
-                                      {"train": "train", "validation": "validation", "test": "test"},
-                                      column="article", detokenizer="scientific_papers", trust_remote_code=True),
-    "scientific_papers_pubmed": HubSet("scientific_papers", "pubmed",
-                                       {"train": "train", "validation": "validation", "test": "test"},
-                                       column="article", detokenizer="scientific_papers", trust_remote_code=True),
+    "ag_news": HubSet("fancyzhx/ag_news", None, {"train": "train", "validation": "test", "test": "test"}),
+    "scientific_papers_arxiv": HubSet("armanc/scientific_papers", None, _SPLITS, column="article",
+                                      detokenizer="scientific_papers", data_dir="arxiv", revision=PARQUET_EXPORT),
+    "scientific_papers_pubmed": HubSet("armanc/scientific_papers", None, _SPLITS, column="article",
+                                       detokenizer="scientific_papers", data_dir="pubmed", revision=PARQUET_EXPORT),
 }
 
 
@@ -60,15 +90,16 @@ def load_hub_documents(name: str, split: str, location: str = ""):
         else:
             if not hub_online():
                 datasets.config.HF_HUB_OFFLINE = True
-            dataset = datasets.load_dataset(spec.path, spec.config, split=expression,
-                                            trust_remote_code=spec.trust_remote_code or None)
+            dataset = datasets.load_dataset(spec.path, spec.config, split=expression, data_dir=spec.data_dir,
+                                            revision=spec.revision)
     except Exception as err:
-        raise DataSourceError(
-            f"cannot load dataset '{name}' ({spec.path}{'/' + spec.config if spec.config else ''}, split "
-            f"{expression}) {'from ' + location if location else 'from the Hugging Face hub or its cache'}: "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Offline, use "
-            f"data.source = \"local\" with data.paths pointing at text files (.txt/.xz/.gz/.zip/.jsonl), or "
-            f"data.hub_location pointing at a saved copy of the dataset") from None
+        where = "/".join(p for p in (spec.path, spec.config, spec.data_dir) if p)
+        raise HubUnavailable(
+            f"cannot load dataset '{name}' ({where}, split {expression}) "
+            f"{'from ' + location if location else 'from the Hugging Face hub or its cache'}: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+            "Offline, use data.source = \"local\" with data.paths pointing at text files (.txt/.xz/.gz/.zip/.jsonl), "
+            "or data.hub_location pointing at a saved copy of the dataset") from None
     if spec.column not in dataset.column_names:
         raise DataSourceError(f"dataset '{name}' has no column '{spec.column}' (has {dataset.column_names})")
 

@@ -138,13 +138,17 @@ class TokenizerSection:
 @dataclass
 class EvalSection:
     sets: list[str] = spec(factory=list, doc="zero-shot sets for imdm eval: wikitext2, ptb, lambada, ...")
-    local_root: str = spec("../shared/data", doc="where local copies of the evaluation sets live")
+    local_root: str = spec("../shared/data", doc="local copies of the zero-shot sets: the files under eval/ "
+                                                 "(WikiText-2 test, PTB test, LAMBADA), or eval/NAME/ saved by "
+                                                 "datasets' save_to_disk; other sets come from the hub")
     batch: int = spec(16, gt=0, doc="sequences per evaluation batch")
     max_batches: int = spec(0, ge=0, doc="cap per set (0 = the whole set)")
     judge: str = spec("gpt2-large", doc="generative perplexity's frozen causal scorer: a Hugging Face model name or "
                                         "save_pretrained folder, or run:RUN_DIR of an autoregressive run; \"\" = no "
                                         "generative metrics")
     judge_batch: int = spec(16, gt=0, doc="sequences (or scoring windows) per judge forward pass")
+    t_per_sequence: int = spec(1, gt=0, doc="times t averaged per sequence in the perplexity bound, one per "
+                                            "stratum (more: lower variance, one forward pass each)")
 
 
 @dataclass
