@@ -207,7 +207,13 @@ class SamplingSection:
     posterior: str = spec("auto", choices=("auto", "mdlm", "imdm"), doc="auto = the algorithm's own")
     fix_eps: bool = spec(False, doc="IMDM: never re-draw a mask state")
     cached: bool = spec(True, doc="reuse x_theta when a step changed nothing")
-    temperature: float = spec(1.0, gt=0.0, doc="x_theta ** (1/T), renormalised")
+    temperature: float = spec(1.0, gt=0.0, doc="sampling temperature T (1 = untempered); its form: temperature_form")
+    temperature_form: str = spec("step", choices=("step", "x_theta"),
+                                 doc="masked diffusion's seeded draws: 'step' (the reference's) raises every outcome "
+                                     "weight of a reverse step to 1/T (unmask, stay, IMDM re-draw), so T also "
+                                     "changes how many positions unmask per step; 'x_theta' raises x_theta alone "
+                                     "and renormalises. Eps-driven draws (draws = eps) and the AR sampler always "
+                                     "temper their categorical draw (p ** (1/T), renormalised)")
     top_p: float = spec(1.0, gt=0.0, le=1.0, doc="nucleus filtering of x_theta (1 = off)")
     kernel: str = spec("auto", choices=("auto", "triton", "eager"),
                        doc="sampler step: auto = the fused Triton kernel on GPU, else the eager float64 one")
