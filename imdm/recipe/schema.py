@@ -227,6 +227,9 @@ class SamplingSection:
                           doc="draws = eps: unmasking times from each position's mask state, or left to right")
     eps_digits: int = spec(3, gt=0, le=8, doc="draws = eps: mask-state coordinates composing a draw's uniform "
                                                "(base-64 digits)")
+    duplicate: int = spec(1, gt=0, doc="samples per total-correlation group (imdm eval's tc_nats): they share the "
+                                       "start state and the mask states and draw with their own seeds; 1 = no "
+                                       "estimate, except that the synthetic evaluation then uses groups of 16")
     seed: int = spec(42, ge=0, doc="seed of the generated samples")
 
 
