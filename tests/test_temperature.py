@@ -64,8 +64,8 @@ def test_step_weights_at_half_temperature_by_hand(case):
 
 
 def test_the_reference_form_keeps_more_positions_masked():
-    """The issue's figures: at T = 0.5 from t = 0.5 to 0.25, P(stay) is 25/36 = 0.69 in MDLM with
-    the step tempered, 1/2 with x_theta alone; IMDM tempers keep and re-draw apart (125/224)."""
+    """At T = 0.5 from t = 0.5 to 0.25, P(stay) is 25/36 = 0.69 in MDLM with the step tempered,
+    1/2 with x_theta alone; IMDM tempers keep and re-draw apart (125/224)."""
     stay = {k: sum(_step_probabilities(*k)[1:]) for k in HAND}
     assert round(stay[("mdlm", False, "step", False)], 2) == 0.69 and stay[("mdlm", False, "x_theta", False)] == 0.5
     assert math.isclose(stay[("imdm", True, "step", False)], 125 / 224)
