@@ -165,6 +165,8 @@ def _denoise(z, noise, t):
 @pytest.mark.parametrize("settings,with_noise,prefix", [
     (SamplerSettings(6, "imdm", cached=False), True, False),
     (SamplerSettings(5, "mdlm", cached=True, temperature=0.8, top_p=0.9), False, True),
+    (SamplerSettings(4, "imdm", cached=False, temperature=0.7, top_p=0.95), True, False),
+    (SamplerSettings(4, "imdm", cached=False, temperature=1.3, temperature_form="x_theta"), True, False),
 ])
 def test_ancestral_sample_fused_equals_eager(settings, with_noise, prefix):
     seeds = rng.derive_seed(9, torch.arange(2), rng.STREAM_SAMPLE_SEED)
@@ -186,7 +188,8 @@ def test_registered_as_a_custom_op():
     logits = torch.randn(1, 4, 16)
     z = torch.tensor([[15, 3, 15, 15]])
     torch.library.opcheck(torch.ops.imdm.sampler_step.default,
-                          (logits, z, torch.tensor([3]), 1, per_sample_weights(1, 0.5, 0.3, 0.2), 15, 1.0, 1.0),
+                          (logits, z, torch.tensor([3]), 1, per_sample_weights(1, 0.5, 0.3, 0.2), 15, 0.7, 1.0,
+                           "step"),
                           test_utils=("test_schema", "test_faketensor"))
 
 

@@ -1,12 +1,12 @@
-"""The synthetic evaluation's metrics on hand-made samples: validity, coverage ratio and the
-plug-in total correlation."""
+"""The synthetic evaluation's metrics on hand-made samples (validity, coverage ratio) and its
+total-correlation groups (the estimate itself: tests/test_total_correlation.py)."""
 
 import math
 
+import pytest
 import torch
 
 from imdm.data.synthetic import synthetic_metrics, uniform_coverage
-from imdm.eval.synthetic_eval import plug_in_total_correlation
 
 
 def test_coverage_ratio_against_uniform_draws():
@@ -19,20 +19,11 @@ def test_coverage_ratio_against_uniform_draws():
     assert collapsed["validity"] == 1.0 and collapsed["coverage_ratio"] < 0.002
 
 
-def test_plug_in_total_correlation():
-    same = torch.tensor([[[3, 3, 3]] * 4])                     # every replica one sequence: 0
-    assert plug_in_total_correlation(same) == 0.0
-    copies = torch.tensor([[[0, 0], [1, 1], [0, 0], [1, 1]]])   # two perfectly dependent fair bits: ln 2
-    assert math.isclose(plug_in_total_correlation(copies), math.log(2))
-    independent = torch.tensor([[[0, 0], [0, 1], [1, 0], [1, 1]]])
-    assert abs(plug_in_total_correlation(independent)) < 1e-12
-    both = torch.cat([copies, independent])                     # the mean over groups
-    assert math.isclose(plug_in_total_correlation(both), math.log(2) / 2)
-
-
-def test_tc_replicas_share_mask_states_and_draw_apart():
+@pytest.mark.parametrize("duplicate", [1, 4])
+def test_tc_replicas_share_mask_states_and_draw_apart(duplicate):
     """evaluate_synthetic's groups: each group's replicas share one mask-state seed and draw with
-    their own seeds; neither overlaps the seeds of the main samples."""
+    their own seeds; neither overlaps the seeds of the main samples. A group has
+    `sampling.duplicate` samples, or TC_REPLICAS while that is 1."""
     from imdm.algorithms.registry import recipe_from_dict
     from imdm.eval import synthetic_eval
     from imdm.sampling.ancestral import SampleResult
@@ -41,17 +32,18 @@ def test_tc_replicas_share_mask_states_and_draw_apart():
 
     class Recording:
         def sample(self, model, settings, seeds, seq_len, noise_seeds=None, **_):
-            calls.append((seeds.clone(), noise_seeds.clone()))
+            calls.append((seeds.clone(), (seeds if noise_seeds is None else noise_seeds).clone()))
             return SampleResult(torch.zeros(len(seeds), seq_len, dtype=torch.long), 1)
 
     recipe = recipe_from_dict({"data": {"vocab_size": 8, "seq_len": 4},
-                               "sampling": {"steps": [1], "num_samples": 32, "batch": 32}})
+                               "sampling": {"steps": [1], "num_samples": 32, "batch": 32, "duplicate": duplicate}})
     rows = synthetic_eval.evaluate_synthetic(recipe, None, Recording(), torch.device("cpu"), tc_groups=4)
     assert rows[0]["tc_nats"] == 0.0 and rows[0]["validity"] == 1.0
     (sampled, _), (greedy, _), *groups = calls
     draws, states = (torch.cat(part) for part in zip(*groups))
     assert torch.equal(sampled, greedy)                          # greedy decodes the same samples
-    k = synthetic_eval.TC_REPLICAS
+    k = duplicate if duplicate > 1 else synthetic_eval.TC_REPLICAS
+    assert rows[0]["tc_replicas"] == k
     assert torch.equal(states, states[::k].repeat_interleave(k)) and len(states.unique()) == 4
     assert len(draws.unique()) == 4 * k
     assert not set(states.tolist()) & set(sampled.tolist()) and not set(draws.tolist()) & set(sampled.tolist())

@@ -190,8 +190,8 @@ def _sampler_settings(recipe: Recipe, steps: int, mask_states: bool) -> SamplerS
     posterior = s.posterior if s.posterior != "auto" else ("imdm" if mask_states else "mdlm")
     return SamplerSettings(steps=steps, posterior=posterior, fix_eps=s.fix_eps,
                            cached=s.cached and not recipe.algorithm.time_conditioning,
-                           temperature=s.temperature, top_p=s.top_p, kernel=s.kernel,
-                           noise_removal=s.noise_removal, draws=s.draws, eps_digits=s.eps_digits,
+                           temperature=s.temperature, temperature_form=s.temperature_form, top_p=s.top_p,
+                           kernel=s.kernel, noise_removal=s.noise_removal, draws=s.draws, eps_digits=s.eps_digits,
                            eps_order=s.eps_order)
 
 

@@ -3,7 +3,9 @@
 MDLM: unmask to v with weight (alpha_s - alpha_t) x(v), stay masked with (1 - alpha_s).
 IMDM splits "stay" by a_ts = alpha_t / alpha_s: keep the mask state with share a_ts
 (weight (a_ts - alpha_t)) and re-draw it with share 1 - a_ts (weight (1 - a_ts)(1 - alpha_s)).
-All weights here are divided by (1 - alpha_t), so they are probabilities.
+All weights here are divided by (1 - alpha_t), so they are probabilities. Temperature in the
+reference's form raises every outcome's weight to 1/T (docs/method.md section 1, "Sampling
+options"): `tempered_step_weights`.
 """
 
 from __future__ import annotations
@@ -46,3 +48,16 @@ def step_weights(alpha_t, alpha_s, posterior: str, fix_eps: bool = False) -> Ste
     if isinstance(alpha_t, torch.Tensor) or isinstance(alpha_s, torch.Tensor):
         return StepWeights(unmask, keep, redraw)
     return StepWeights(float(unmask), float(keep), float(redraw))
+
+
+def keep_states(weights: StepWeights) -> StepWeights:
+    """The same step with its re-draw mass counted as staying with the same mask state."""
+    return StepWeights(weights.unmask, weights.stay, weights.stay_redraw * 0)
+
+
+def tempered_step_weights(weights: StepWeights, temperature: float) -> StepWeights:
+    """Every outcome's weight raised to 1/T, keep and re-draw each on its own (docs/method.md
+    section 1, "Sampling options"); `unmask` becomes the factor of x_theta(v) ** (1/T). Not
+    normalised: the sampler draws in proportion to the weights."""
+    power = 1.0 / temperature
+    return StepWeights(weights.unmask ** power, weights.stay_keep ** power, weights.stay_redraw ** power)

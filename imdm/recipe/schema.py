@@ -215,7 +215,13 @@ class SamplingSection:
     posterior: str = spec("auto", choices=("auto", "mdlm", "imdm"), doc="auto = the algorithm's own")
     fix_eps: bool = spec(False, doc="IMDM: never re-draw a mask state")
     cached: bool = spec(True, doc="reuse x_theta when a step changed nothing")
-    temperature: float = spec(1.0, gt=0.0, doc="x_theta ** (1/T), renormalised")
+    temperature: float = spec(1.0, gt=0.0, doc="sampling temperature T (1 = untempered); its form: temperature_form")
+    temperature_form: str = spec("step", choices=("step", "x_theta"),
+                                 doc="masked diffusion's seeded draws: 'step' (the reference's) raises every outcome "
+                                     "weight of a reverse step to 1/T (unmask, stay, IMDM re-draw), so T also "
+                                     "changes how many positions unmask per step; 'x_theta' raises x_theta alone "
+                                     "and renormalises. Eps-driven draws (draws = eps) and the AR sampler always "
+                                     "temper their categorical draw (p ** (1/T), renormalised)")
     top_p: float = spec(1.0, gt=0.0, le=1.0, doc="nucleus filtering of x_theta (1 = off)")
     kernel: str = spec("auto", choices=("auto", "triton", "eager"),
                        doc="sampler step: auto = the fused Triton kernel on GPU, else the eager float64 one")
@@ -228,6 +234,9 @@ class SamplingSection:
                           doc="draws = eps: unmasking times from each position's mask state, or left to right")
     eps_digits: int = spec(3, gt=0, le=8, doc="draws = eps: mask-state coordinates composing a draw's uniform "
                                                "(base-64 digits)")
+    duplicate: int = spec(1, gt=0, doc="samples per total-correlation group (imdm eval's tc_nats): they share the "
+                                       "start state and the mask states and draw with their own seeds; 1 = no "
+                                       "estimate, except that the synthetic evaluation then uses groups of 16")
     seed: int = spec(42, ge=0, doc="seed of the generated samples")
 
 

@@ -3,7 +3,9 @@ last step unmasking everything, so NFE <= K (fewer with caching). Each step is
 imdm.kernels.sampler_step (the fused Triton kernel on GPU, or its eager float64 reference) with
 draws from the per-sample seeds, or with `draws = "eps"` imdm.sampling.eps_draws (draws from
 each position's own mask state). `noise_removal = "greedy"` makes the last step take the argmax
-of x_theta instead of a draw."""
+of x_theta instead of a draw. Temperature takes one of the two forms of docs/method.md section
+1, "Sampling options": the reference's ("step", every outcome's weight ** (1/T)) or x_theta's
+alone ("x_theta"); eps-driven draws temper their categorical draw."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Callable
 import torch
 
 from imdm import rng
-from imdm.diffusion.posterior import step_weights
+from imdm.diffusion.posterior import StepWeights, keep_states, step_weights, tempered_step_weights
 from imdm.kernels.sampler_step import sampler_step
 from imdm.sampling.eps_draws import eps_driven_step, eps_uniforms, greedy_tokens, left_to_right, unmasking
 
@@ -34,6 +36,7 @@ class SamplerSettings:
     fix_eps: bool = False
     cached: bool = True
     temperature: float = 1.0
+    temperature_form: str = "step"   # "step": every outcome's weight ** (1/T); "x_theta": x_theta's alone
     top_p: float = 1.0
     kernel: str = "auto"             # sampler step: "auto" (Triton on GPU), "triton" or "eager"
     noise_removal: str = "ancestral"  # the last step: "ancestral" draws, "greedy" takes x_theta's argmax
@@ -87,6 +90,19 @@ def _step_alphas(schedule, grid: torch.Tensor, j: int, steps: int):
     return t, alpha_t, alpha_s
 
 
+def sampler_weights(settings: SamplerSettings, alpha_t, alpha_s, mask_states: bool) -> StepWeights:
+    """The step's (unmask, keep, re-draw) weights as imdm.kernels.sampler_step reads them.
+    Without mask states there is nothing to re-draw: the stay mass is one outcome. The "step"
+    temperature form raises each outcome to 1/T, keep and re-draw apart, and `fix_eps` then
+    counts a re-draw as a keep (the reference's order)."""
+    weights = step_weights(alpha_t, alpha_s, settings.posterior)
+    if not mask_states:
+        weights = keep_states(weights)
+    if settings.temperature_form == "step" and settings.temperature != 1.0:
+        weights = tempered_step_weights(weights, settings.temperature)
+    return keep_states(weights) if settings.fix_eps else weights
+
+
 @torch.no_grad()
 def ancestral_sample(denoise: Denoiser, schedule, settings: SamplerSettings, seeds: torch.Tensor,
                      seq_len: int, mask_id: int, noise_for: NoiseSource | None = None,
@@ -111,18 +127,16 @@ def ancestral_sample(denoise: Denoiser, schedule, settings: SamplerSettings, see
         if not remaining:
             break
         t, alpha_t, alpha_s = _step_alphas(schedule, grid, j, settings.steps)
-        weights = step_weights(alpha_t, alpha_s, settings.posterior, settings.fix_eps)
+        weights = sampler_weights(settings, alpha_t, alpha_s, noise_for is not None)
         if logits is None or not settings.cached:
             logits = denoise(z, noise, t)
             nfe += 1
         if j == settings.steps - 1 and settings.noise_removal == "greedy":
             z = torch.where(z == mask_id, greedy_tokens(logits, mask_id), z)
             break
-        # without mask states (MDLM) there is nothing to re-draw: the whole stay mass keeps
-        stay_keep, stay_redraw = (weights.stay_keep, weights.stay_redraw) if noise_for is not None \
-            else (weights.stay, 0.0)
-        new_z, redrawn = sampler_step(logits, z, seeds, j, weights.unmask, stay_keep, stay_redraw, mask_id,
-                                      settings.temperature, settings.top_p, settings.kernel)
+        new_z, redrawn = sampler_step(logits, z, seeds, j, weights.unmask, weights.stay_keep, weights.stay_redraw,
+                                      mask_id, settings.temperature, settings.top_p, settings.temperature_form,
+                                      settings.kernel)
         # the step's only host sync: anything still masked, unmasked, re-drawn
         remaining, unmasked, any_redrawn = torch.stack([(new_z == mask_id).any(), (new_z != z).any(),
                                                         redrawn.any()]).tolist()
