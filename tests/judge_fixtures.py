@@ -14,7 +14,9 @@ TEXT = ("the cat sat on the mat. the dog ate the bone. a bird sang in the tree, 
 
 def tiny_hf_judge(folder: Path, context: int = 16, seed: int = 0) -> Path:
     """A random 2-layer GPT-2 (width 32) with a ~300-token byte-level BPE, saved to `folder`."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
+    from imdm.eval.hf_judge import import_transformers
+    transformers = import_transformers()      # past this checkout's kernels/ folder (see there)
     from tokenizers import ByteLevelBPETokenizer
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator([TEXT], vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"],

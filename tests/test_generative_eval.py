@@ -125,6 +125,21 @@ def test_imdm_eval_of_a_text_run_writes_the_report_with_the_human_row(tmp_path, 
     assert "| human (validation) |" in markdown and f"{human['gen_ppl']:.2f}" in markdown
     assert markdown.count("\n| 1 |") + markdown.count("\n| 4 |") == 2
 
+    assert cli_main(["eval", str(run_dir), f"eval.judge={judge}", "sampling.duplicate=3", "conditional.enabled=true",
+                     "conditional.documents=2", "conditional.min_doc_tokens=12", "conditional.prefix_tokens=4",
+                     "conditional.length=6", "conditional.continuations=3", "conditional.mauve_seeds=2"]) == 0
+    both = json.loads((run_dir / "eval.json").read_text())
+    for row in both["rows"]:        # groups of 3 sharing mask states: the plug-in bound is (L - 1) ln 3
+        assert 0.0 <= row["tc_nats"] <= 31 * math.log(3) + 1e-9
+    assert [m["steps"] for m in both["mauve"]] == [1, 4]
+    for m in both["mauve"]:
+        assert len(m["mauve_seeds"]) == 2 and 0.0 < m["mauve"] <= 1.0 and (m["documents"], m["continuations"]) == (2, 3)
+    assert "## MAUVE of prompted continuations" in (run_dir / "eval.md").read_text()
+    capsys.readouterr()
+    assert cli_main(["eval", str(run_dir), "eval.judge=", "conditional.enabled=true", "conditional.prefix_tokens=4",
+                     "conditional.length=6"]) == 2
+    assert "MAUVE embeds text with the judge" in capsys.readouterr().err
+
     assert cli_main(["eval", str(run_dir), "eval.judge=", "sampling.num_samples=8", "sampling.batch=8"]) == 0
     off = json.loads((run_dir / "eval.json").read_text())
     assert off["rows"] == [] and off["human"] is None and off["judge"] == ""

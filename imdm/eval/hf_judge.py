@@ -4,6 +4,8 @@ from the hub by name. transformers is imported here only (`pip install 'imdm[eva
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
 
 import torch
@@ -44,10 +46,37 @@ def _cannot_load(spec: str, why: str) -> RecipeError:
         "eval.judge = \"\" skips the generative metrics"])
 
 
+def _checkout_roots() -> list[str]:
+    """sys.path entries holding this project's kernels/ folder: a checkout's root, which `python -m`
+    run from it puts first on sys.path. There that folder shadows the PyPI package `kernels` that
+    transformers imports."""
+    return [p for p in sys.path if (Path(p or ".") / "kernels" / "sampler_step_triton.py").is_file()]
+
+
+def import_transformers():
+    """transformers, with the PyPI package `kernels` (if installed) imported past any checkout root."""
+    roots = _checkout_roots()
+    loaded = getattr(sys.modules.get("kernels"), "__file__", None) or ""
+    if loaded.endswith(("kernels/__init__.py", "kernels\\__init__.py")) and \
+            (Path(loaded).parent / "sampler_step_triton.py").is_file():
+        del sys.modules["kernels"]      # this project's folder, imported as the top-level `kernels` by mistake
+    if roots and "kernels" not in sys.modules:
+        kept = sys.path[:]
+        sys.path[:] = [p for p in sys.path if p not in roots]
+        try:
+            importlib.import_module("kernels")
+        except ImportError:
+            pass        # not installed: transformers then finds no `kernels` distribution and does without
+        finally:
+            sys.path[:] = kept
+    return importlib.import_module("transformers")
+
+
 def load_hf_judge(spec: str, device: torch.device, batch: int) -> HuggingFaceJudge:
     """The causal LM `spec` (a folder, or a hub name fetched only when the hub answers), frozen."""
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        transformers = import_transformers()
+        AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
     except ImportError as err:
         problem = f"a Hugging Face judge needs transformers ({err}): pip install 'imdm[eval]'"
         raise RecipeError("eval.judge", [problem]) from None

@@ -35,6 +35,14 @@ def zero_shot_table(rows: list[dict]) -> list[str]:
                     for r in rows]
 
 
+def mauve_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: one row per step count, the mean and the per-seed scores."""
+    lines = ["| steps | NFE | MAUVE | per seed | prompts x continuations |", "|---:|---:|---:|---|---:|"]
+    return lines + [f"| {r['steps']} | {r['nfe']:.1f} | {r['mauve']:.4f} | "
+                    f"{', '.join(f'{v:.4f}' for v in r['mauve_seeds'])} | {r['documents']} x {r['continuations']} |"
+                    for r in rows]
+
+
 def format_markdown(payload: dict) -> str:
     """eval.md's text."""
     judge = payload["judge"] or "none (eval.judge is empty)"
@@ -44,9 +52,8 @@ def format_markdown(payload: dict) -> str:
         lines += ["## Generative perplexity and entropy", ""] + generative_table(payload) + [""]
     if payload["zero_shot"]:
         lines += ["## Zero-shot perplexity bounds", ""] + zero_shot_table(payload["zero_shot"]) + [""]
-    mauve = payload.get("mauve")
-    if mauve:
-        lines += ["## MAUVE", "", ", ".join(f"{k}: {v}" for k, v in mauve.items()), ""]
+    if payload.get("mauve"):
+        lines += ["## MAUVE of prompted continuations", ""] + mauve_table(payload["mauve"]) + [""]
     return "\n".join(lines)
 
 

@@ -3,7 +3,10 @@ generative perplexity and entropy of `sampling.num_samples` unconditional sample
 the evaluation stream, as `imdm sample` draws them); the same numbers for as many held-out
 sequences of the run's validation split, of the same length (the human row); and the
 perplexity bounds of imdm.eval.perplexity. The judge is loaded and the human sequences are
-read before any sampling, so a missing judge or a short validation split fails at once."""
+read before any sampling, so a missing judge or a short validation split fails at once. With
+`sampling.duplicate` > 1 each row also holds the total correlation of TC_GROUPS groups of that
+many samples sharing their start and mask states; with `conditional.enabled`, MAUVE of prompted
+continuations at each step count."""
 
 from __future__ import annotations
 
@@ -16,12 +19,16 @@ from imdm import rng
 from imdm.algorithms.registry import method_label
 from imdm.build import autocast_dtype, has_validation_split, sampler_settings
 from imdm.data.text_dataset import open_text_dataset
+from imdm.eval.conditional import conditional_mauve
 from imdm.eval.generative import score_sequences
 from imdm.eval.judge import Judge, load_judge
 from imdm.eval.perplexity import evaluate_text
+from imdm.eval.total_correlation import total_correlation
 from imdm.recipe import Recipe, RecipeError
 from imdm.run_loading import LoadedRun
 from imdm.sampling.ancestral import generation_seeds
+
+TC_GROUPS = 64   # groups of `sampling.duplicate` samples in a row's total correlation estimate
 
 
 def generate_samples(recipe: Recipe, model: torch.nn.Module, process, device: torch.device, steps: int,
@@ -63,17 +70,30 @@ def generative_rows(run: LoadedRun, judge: Judge, device: torch.device) -> list[
     for steps in recipe.sampling.steps:
         samples, nfe = generate_samples(recipe, run.model, run.process, device, steps, progress)
         score = score_sequences(judge, samples, decode, progress, f"judging {steps} steps")
+        amp = autocast_dtype(recipe, device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            tc = total_correlation(recipe, run.model, run.process, device, sampler_settings(recipe, steps), TC_GROUPS)
         rows.append({"steps": steps, "nfe": nfe, "temperature": recipe.sampling.temperature,
                      "gen_ppl": score["gen_ppl"], "entropy": score["entropy"], "num_samples": score["num_samples"],
-                     "tokens": score["tokens"], "tc_nats": None})
+                     "tokens": score["tokens"], "tc_nats": tc})
     return rows
+
+
+def mauve_rows(run: LoadedRun, judge: Judge, device: torch.device) -> list[dict] | None:
+    """MAUVE at each step count of `sampling.steps` when `conditional.enabled`, else None."""
+    if not run.recipe.conditional.enabled:
+        return None
+    return [conditional_mauve(run.recipe, run.model, run.process, judge, device, steps)
+            for steps in run.recipe.sampling.steps]
 
 
 def evaluate_text_run(run: LoadedRun, run_dir: str, device: torch.device) -> dict:
     """The eval.json payload of a text run (imdm.eval.report writes it)."""
     recipe = run.recipe
     judge = load_judge(recipe.eval.judge, device, recipe.eval.judge_batch) if recipe.eval.judge else None
-    rows, human = [], None
+    rows, human, mauve = [], None, None
+    if judge is None and recipe.conditional.enabled:
+        raise RecipeError("imdm eval", ["conditional.enabled: MAUVE embeds text with the judge, but eval.judge is empty"])
     if judge is not None:
         references = human_sequences(recipe, recipe.sampling.num_samples) if has_validation_split(recipe) else None
         rows = generative_rows(run, judge, device)
@@ -81,6 +101,7 @@ def evaluate_text_run(run: LoadedRun, run_dir: str, device: torch.device) -> dic
             score = score_sequences(judge, references, run.vocab.tokenizer.decode, recipe.logging.progress,
                                     "judging human text")
             human = {k: score[k] for k in ("gen_ppl", "entropy", "num_samples")}
+        mauve = mauve_rows(run, judge, device)
     return {"run_dir": str(run_dir), "step": run.step, "method": method_label(recipe), "judge": recipe.eval.judge,
             "rows": rows, "human": human, "zero_shot": evaluate_text(recipe, run.model, run.process, device),
-            "mauve": None}
+            "mauve": mauve}
