@@ -133,8 +133,10 @@ def kernel_sampler_run(opts) -> Run:
 
 def sampling_runs(opts) -> list[Run]:
     steps = ["--steps", "1", "4", "--subset", "4"] if opts.quick else []
+    protocol = ["--steps", "1", "4", "--num-samples", "128", "--prompts", "32"] if opts.quick else []
     return [Run("sampling_latency", "benchmarks.sampling_latency", ["--results-dir", opts.results_dir, *steps]),
-            kernel_sampler_run(opts)]
+            kernel_sampler_run(opts),
+            Run("generative_eval", "benchmarks.generative_eval", ["--results-dir", opts.results_dir, *protocol])]
 
 
 def plan(suite: str, opts, gpus: int) -> tuple[list[Run], list[str]]:
@@ -188,6 +190,10 @@ def headline(record: dict) -> str:
     if b == "sampling_latency":
         return (f"{c.get('steps')} steps: {num('seconds_per_batch')} s per batch of {c.get('batch')}; eager float64 "
                 f"{num('baseline_seconds_per_batch')} s")
+    if b == "generative_eval":
+        return (f"whole protocol {num('total_s', '.1f')} s: {c.get('num_samples')} samples of {c.get('seq_len')} "
+                f"tokens at step counts {c.get('steps')}, judged, and MAUVE of {c.get('prompts')} x "
+                f"{c.get('continuations')} continuations")
     scalars = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return ", ".join(scalars[:3])

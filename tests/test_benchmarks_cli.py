@@ -19,7 +19,7 @@ from benchmarks import prune_results, suite
 REPO = Path(__file__).resolve().parent.parent
 HELPERS = {"gpu_timing", "results_io", "stage_scheduler"}
 MODULES = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name not in HELPERS)
-GPU_ONLY = ["block_breakdown", "cublaslt_epilogues", "gelu_mlp", "kernel_masked_loss", "kernel_masking",
+GPU_ONLY = ["block_breakdown", "cublaslt_epilogues", "gelu_mlp", "generative_eval", "kernel_masked_loss", "kernel_masking",
             "kernel_residual_norm", "kernel_sampler", "sampling_latency", "weight_copies_identity",
             "wgrad_accumulation"]
 
@@ -74,7 +74,8 @@ def test_suites_plan_their_benchmarks():
                                                         "kernel_residual_norm", "kernel_residual_norm", "gelu_mlp"]
     assert all(r.args[:2] == ["--results-dir", "/r"] and r.nproc == 1 for r in kernels)
     sampling, _ = suite.plan("sampling", _opts(), gpus=1)
-    assert [r.module for r in sampling] == ["benchmarks.sampling_latency", "benchmarks.kernel_sampler"]
+    assert [r.module for r in sampling] == ["benchmarks.sampling_latency", "benchmarks.kernel_sampler",
+                                            "benchmarks.generative_eval"]
     train, notes = suite.plan("train", _opts(), gpus=8)
     assert [r.args[1] for r in train] == ["recipes/owt.toml", "recipes/owt_large.toml"] and train[0].nproc == 1
     assert "data.source=synthetic" in train[0].args and "synthetic" in notes[0]
@@ -112,6 +113,7 @@ def test_data_folder_missing(tmp_path):
     ("sampling_latency", {"seconds_per_batch": 0.052, "baseline_seconds_per_batch": 0.118}, "0.052 s"),
     ("gelu_mlp", {"large": {"epilogue_gelu": {"forward_backward_ms": 2.71},
                             "inductor_gelu": {"forward_backward_ms": 2.84}}}, "large 2.710 ms"),
+    ("generative_eval", {"total_s": 171.26}, "whole protocol 171.3 s"),
     ("something_new", {"x_ms": 1.5, "rows": [1]}, "x_ms 1.5"),
 ])
 def test_headline(bench, metrics, expect):
