@@ -15,7 +15,7 @@ from imdm.recipe import Recipe
 from imdm.parallel.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, load_checkpoint
 from imdm.parallel.ema import EMA
 
-LOADED_RUN_OVERRIDES = ("sampling.", "eval.", "conditional.")   # how a finished run is sampled and evaluated
+LOADED_RUN_OVERRIDES = ("sampling.", "eval.", "conditional.", "logging.")   # how a finished run is sampled and evaluated
 
 
 @dataclass
@@ -36,7 +36,7 @@ def load_run(run_dir: str | Path, device: torch.device, overrides=()) -> LoadedR
         raise CheckpointError(f"{run_dir} is not a run directory (no recipe.toml)")
     bad = [o for o in overrides if not o.startswith(LOADED_RUN_OVERRIDES)]
     if bad:
-        raise CheckpointError(f"only sampling.*, eval.* and conditional.* may be overridden when loading a run, not {bad}")
+        raise CheckpointError(f"only sampling.*, eval.*, conditional.* and logging.* may be overridden when loading a run, not {bad}")
     recipe = load_recipe(str(run_dir / "recipe.toml"), overrides)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:

@@ -45,7 +45,7 @@ def test_quickstart_sample_and_eval(tmp_path):
     assert json.loads((out / "quickstart-mdlm" / "eval.json").read_text())["rows"][0]["steps"] == 2
 
     bad = _imdm("eval", str(out / "quickstart-mdlm"), "train.lr=3", cwd=tmp_path)
-    assert bad.returncode == 2 and "only sampling.*, eval.* and conditional.* may be overridden" in bad.stderr
+    assert bad.returncode == 2 and "only sampling.*, eval.*, conditional.* and logging.* may be overridden" in bad.stderr
 
 
 def test_train_rejects_bad_override_without_traceback(tmp_path):
