@@ -126,9 +126,12 @@ def test_imdm_eval_of_a_text_run_writes_the_report_with_the_human_row(tmp_path, 
     assert markdown.count("\n| 1 |") + markdown.count("\n| 4 |") == 2
 
     assert cli_main(["eval", str(run_dir), f"eval.judge={judge}", "sampling.duplicate=3", "conditional.enabled=true",
+                     "eval.frontier_temperatures=[0.5, 2.0]",
                      "conditional.documents=2", "conditional.min_doc_tokens=12", "conditional.prefix_tokens=4",
                      "conditional.length=6", "conditional.continuations=3", "conditional.mauve_seeds=2"]) == 0
     both = json.loads((run_dir / "eval.json").read_text())
+    assert [(r["steps"], r["temperature"]) for r in both["rows"]] == [(1, 1.0), (4, 1.0), (4, 0.5), (4, 2.0)]
+    assert len({r["gen_ppl"] for r in both["rows"][1:]}) == 3      # the temperature reached the sampler
     for row in both["rows"]:        # groups of 3 sharing mask states: the plug-in bound is (L - 1) ln 3
         assert 0.0 <= row["tc_nats"] <= 31 * math.log(3) + 1e-9
     assert [m["steps"] for m in both["mauve"]] == [1, 4]
@@ -136,6 +139,8 @@ def test_imdm_eval_of_a_text_run_writes_the_report_with_the_human_row(tmp_path, 
         assert len(m["mauve_seeds"]) == 2 and 0.0 < m["mauve"] <= 1.0 and (m["documents"], m["continuations"]) == (2, 3)
     assert "## MAUVE of prompted continuations" in (run_dir / "eval.md").read_text()
     capsys.readouterr()
+    assert cli_main(["eval", str(run_dir), "eval.frontier_temperatures=[0.0]"]) == 2
+    assert "eval.frontier_temperatures: temperatures must be > 0" in capsys.readouterr().err
     assert cli_main(["eval", str(run_dir), "eval.judge=", "conditional.enabled=true", "conditional.prefix_tokens=4",
                      "conditional.length=6"]) == 2
     assert "MAUVE embeds text with the judge" in capsys.readouterr().err

@@ -10,6 +10,7 @@ continuations at each step count."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import torch
@@ -64,10 +65,20 @@ def human_sequences(recipe: Recipe, count: int) -> list[list[int]]:
 
 
 def generative_rows(run: LoadedRun, judge: Judge, device: torch.device) -> list[dict]:
-    """One row per step count of `sampling.steps`."""
+    """One row per step count of `sampling.steps`, then one per `eval.frontier_temperatures`
+    entry at the largest step count."""
+    rows = _rows(run, judge, device, run.recipe.sampling.steps)
+    for temperature in run.recipe.eval.frontier_temperatures:
+        sampling = dataclasses.replace(run.recipe.sampling, temperature=temperature)
+        tempered = dataclasses.replace(run, recipe=dataclasses.replace(run.recipe, sampling=sampling))
+        rows += _rows(tempered, judge, device, [max(run.recipe.sampling.steps)])
+    return rows
+
+
+def _rows(run: LoadedRun, judge: Judge, device: torch.device, step_counts: list[int]) -> list[dict]:
     recipe, decode, rows = run.recipe, run.vocab.tokenizer.decode, []
     progress = recipe.logging.progress
-    for steps in recipe.sampling.steps:
+    for steps in step_counts:
         samples, nfe = generate_samples(recipe, run.model, run.process, device, steps, progress)
         score = score_sequences(judge, samples, decode, progress, f"judging {steps} steps")
         amp = autocast_dtype(recipe, device)

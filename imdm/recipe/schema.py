@@ -147,6 +147,9 @@ class EvalSection:
                                         "save_pretrained folder, or run:RUN_DIR of an autoregressive run; \"\" = no "
                                         "generative metrics")
     judge_batch: int = spec(16, gt=0, doc="sequences (or scoring windows) per judge forward pass")
+    frontier_temperatures: list[float] = spec(factory=list, doc="more sampling temperatures judged at the largest of "
+                                                                "sampling.steps: the perplexity / entropy frontier "
+                                                                "of imdm plot")
     t_per_sequence: int = spec(1, gt=0, doc="times t averaged per sequence in the perplexity bound, one per "
                                             "stratum (more: lower variance, one forward pass each)")
 
@@ -371,6 +374,8 @@ class Recipe:
             problems.append(f"eval.sets: unknown {unknown}; known: {', '.join(HUB_SET_NAMES)}")
         if self.eval.sets and d.source == "synthetic":
             problems.append("eval.sets: zero-shot text sets need a text model, not the synthetic source")
+        if any(t <= 0 for t in self.eval.frontier_temperatures):
+            problems.append(f"eval.frontier_temperatures: temperatures must be > 0, got {self.eval.frontier_temperatures}")
         return problems
 
 
