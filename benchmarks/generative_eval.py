@@ -1,7 +1,7 @@
 """Wall time of the generative evaluation protocol (docs/method.md section 9) for the small
 model (recipes/owt.toml, IMDM; random weights, perturbed so x_theta is not uniform) judged by a
 GPT-2 Large-shaped causal LM (36 x 1280, random weights: the papers' judge's compute; GPT-2
-tokenizer files from --tokenizer): at each step count, `--num-samples` unconditional samples of
+tokenizer folder --tokenizer): at each step count, `--num-samples` unconditional samples of
 1,024 tokens, decoded, retokenised and scored (generative perplexity, entropy), and MAUVE of
 `--prompts` x `--continuations` prompted continuations (100 tokens after a 50-token prompt)
 against `--prompts` reference continuations in the judge's feature space, over 5 k-means seeds.
@@ -46,8 +46,7 @@ def timed(fn):
 
 def gpt2_large_judge(tokenizer_dir: Path, batch: int) -> HuggingFaceJudge:
     transformers = import_transformers()
-    tokenizer = transformers.GPT2TokenizerFast(vocab_file=str(tokenizer_dir / "vocab.json"),
-                                               merges_file=str(tokenizer_dir / "merges.txt"))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=36, n_embd=1280, n_head=20, vocab_size=50257, n_positions=1024)
     model = transformers.GPT2LMHeadModel(config).requires_grad_(False).eval().cuda()
@@ -62,7 +61,7 @@ def main() -> None:
     parser.add_argument("--judge-batch", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--continuations", type=int, default=5)
-    parser.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER, help="GPT-2 vocab.json and merges.txt")
+    parser.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER, help="a GPT-2 tokenizer folder (vocab.json, merges.txt, tokenizer_config.json)")
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
     require_cuda("generative_eval")
