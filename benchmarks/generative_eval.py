@@ -61,7 +61,8 @@ def main() -> None:
     parser.add_argument("--judge-batch", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--continuations", type=int, default=5)
-    parser.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER, help="a GPT-2 tokenizer folder (vocab.json, merges.txt, tokenizer_config.json)")
+    parser.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER,
+                        help="a GPT-2 tokenizer folder (vocab.json, merges.txt, tokenizer_config.json)")
     parser.add_argument("--results-dir", default=None)
     args = parser.parse_args()
     require_cuda("generative_eval")
