@@ -26,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_s
 
 from imdm import rng
 from imdm.build import autocast_dtype, build_dataset, build_model, build_objective, build_process, has_validation_split
+from imdm.data.input_paths import missing_inputs
 from imdm.data.loader import make_loader
 from imdm.data.order import GlobalBatchOrder
 from imdm.eval.perplexity import nelbo_per_token
@@ -67,7 +68,7 @@ class Trainer:
         self.recipe, self.dist = recipe, dist
         self.device = dist.device
         self.run_dir = Path(recipe.run.output_dir) / recipe.run.name
-        problems = tensorboard_problems(recipe.logging.tensorboard)
+        problems = missing_inputs(recipe) + tensorboard_problems(recipe.logging.tensorboard)
         if problems:
             raise RecipeError(f"run '{recipe.run.name}'", problems)
         self.dataset = build_dataset(recipe, recipe.data.split, dist.is_main)
