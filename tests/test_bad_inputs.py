@@ -253,3 +253,13 @@ def test_a_signal_saves_then_exits_with_its_status(tmp_path, sig):
     last = _strict_json(metrics.read_text().splitlines()[-1])
     assert last["event"] == "stopped by signal after saving"
     assert (tmp_path / "runs" / "stop" / "checkpoints" / f"step_{last['step']:08d}" / "meta.json").is_file()
+
+
+def test_metrics_lines_write_null_for_non_finite_numbers(tmp_path):
+    from imdm.train.metrics import MetricsLog
+    log = MetricsLog(tmp_path, console=False)
+    log.write({"step": 3, "loss": float("nan"), "grad_norm": float("inf"), "lr": 0.5})
+    assert [_strict_json(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == \
+        [{"step": 3, "loss": None, "grad_norm": None, "lr": 0.5}]
+    assert log.logged("loss", 3) == {"step": 3, "loss": None, "grad_norm": None, "lr": 0.5}
+    assert log.logged("loss", 4) is None
