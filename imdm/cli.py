@@ -16,10 +16,23 @@ def _split_recipe_and_overrides(items: list[str]) -> tuple[str, list[str]]:
     return DEFAULT_RECIPE, items
 
 
+def _warn(recipe) -> None:
+    from imdm.recipe.advice import recipe_warnings
+    for line in recipe_warnings(recipe):
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def cmd_check(args) -> int:
     from imdm.algorithms.registry import load_recipe, method_label
+    from imdm.data.input_paths import missing_inputs
+    from imdm.recipe.errors import RecipeError
+    from imdm.train.metrics import tensorboard_problems
     recipe_path, overrides = _split_recipe_and_overrides(args.items)
     recipe = load_recipe(recipe_path, overrides, world_size=args.world_size)
+    problems = missing_inputs(recipe) + tensorboard_problems(recipe.logging.tensorboard)
+    if problems:
+        raise RecipeError(recipe_path, problems)
+    _warn(recipe)
     d, b, h = recipe.model.dims()
     c = recipe.couplings
     if c.teacher_run:   # a coupling-generation recipe: the model and training settings are the teacher's
@@ -36,16 +49,19 @@ def cmd_train(args) -> int:
     from imdm.parallel.distributed import init_distributed, launcher_world_size, shutdown
     recipe_path, overrides = _split_recipe_and_overrides(args.items)
     recipe = load_recipe(recipe_path, overrides, world_size=launcher_world_size())
+    from imdm.train.metrics import json_line
     from imdm.train.trainer import Trainer
     dist = init_distributed(recipe.train.device)
+    if dist.is_main:
+        _warn(recipe)
     try:
         result = Trainer(recipe, dist).fit()
         if dist.is_main:
-            print(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "loss": result.last_loss,
-                              "val_nelbo_ema": result.val_nelbo, "stopped_early": result.stopped_early}))
+            print(json_line({"run_dir": str(result.run_dir), "step": result.step, "loss": result.last_loss,
+                             "val_nelbo_ema": result.val_nelbo, "stopped_early": result.stopped_early}))
     finally:
         shutdown()
-    return 0
+    return 128 + result.stop_signal if result.stopped_early else 0
 
 
 def cmd_couplings(args) -> int:
@@ -72,7 +88,7 @@ def cmd_pipeline(args) -> int:
         stages = run_pipeline(args.pipeline, args.overrides, only=only)
     except StageFailed as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return err.exit_status
     finally:
         shutdown()
     names = [s.name for s in stages if not only or s.name in only]
@@ -82,7 +98,26 @@ def cmd_pipeline(args) -> int:
 
 def _device(name: str):
     from imdm.devices import pick_device
-    return pick_device(name)
+    return pick_device(name, key="--device")
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type of a count flag: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _check_output_file(path: str, flag: str) -> None:
+    """Fail before the work, not after it, when `path` cannot be written."""
+    from pathlib import Path
+    from imdm.recipe.errors import RecipeError
+    if path and (Path(path).is_dir() or not Path(path).absolute().parent.is_dir()):
+        raise RecipeError(flag, [f"{path}: " + ("is a folder" if Path(path).is_dir() else "its folder does not exist")])
 
 
 def _prompt(args, run) -> list[int] | None:
@@ -108,6 +143,7 @@ def cmd_sample(args) -> int:
     from imdm.sampling.ancestral import generation_seeds
     from imdm.run_loading import load_run
     import torch
+    _check_output_file(args.out, "--out")
     run = load_run(args.run_dir, _device(args.device), args.overrides)
     s = run.recipe.sampling
     steps = args.steps or s.steps[-1]
@@ -163,6 +199,7 @@ def cmd_quickstart(args) -> int:
 
 def cmd_plot(args) -> int:
     from imdm.tools.plot_generative import write_generative_plot
+    _check_output_file(args.out, "--out")
     print(write_generative_plot(args.run_dirs, args.out))
     return 0
 
@@ -173,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a recipe (and overrides) without running anything")
     p.add_argument("items", nargs="*", metavar="RECIPE|KEY=VALUE")
-    p.add_argument("--world-size", type=int, default=None, help="check the layout for this many ranks")
+    p.add_argument("--world-size", type=_at_least_one, default=None, help="check the layout for this many ranks")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("train", help="train from a recipe (default: the packaged quickstart); torchrun-ready")
@@ -196,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "a prompt")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", metavar="sampling.KEY=VALUE")
-    p.add_argument("--steps", type=int, default=0, help="reverse steps (default: the recipe's last)")
-    p.add_argument("--num-samples", type=int, default=8)
+    p.add_argument("--steps", type=_at_least_one, default=None, help="reverse steps (default: the recipe's last)")
+    p.add_argument("--num-samples", type=_at_least_one, default=8)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", default="", help="write JSON here instead of stdout")
     prompt = p.add_mutually_exclusive_group()
@@ -235,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from imdm.recipe.errors import RecipeError
 
-def pick_device(preference: str, local_rank: int = 0) -> torch.device:
-    """'auto' takes the GPU when there is one; 'cuda' without one is an error."""
+
+def pick_device(preference: str, local_rank: int = 0, key: str = "train.device") -> torch.device:
+    """'auto' takes the GPU when there is one; 'cuda' without one is an error naming `key`."""
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device = 'cuda' but no CUDA device is visible")
+            raise RecipeError(key, ["'cuda' but no CUDA device is visible (use cpu or auto)"])
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

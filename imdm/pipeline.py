@@ -112,7 +112,11 @@ def stage_finished(stage: Stage) -> bool:
 
 
 class StageFailed(RuntimeError):
-    pass
+    """A stage that failed, or was stopped by a signal (exit status 128 + the signal)."""
+
+    def __init__(self, message: str, exit_status: int = 1):
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 def run_stage(stage: Stage, dist) -> None:
@@ -123,7 +127,8 @@ def run_stage(stage: Stage, dist) -> None:
     from imdm.train.trainer import Trainer
     result = Trainer(stage.recipe, dist).fit()
     if result.stopped_early:
-        raise StageFailed(f"training stopped at step {result.step} of {stage.recipe.train.steps}")
+        raise StageFailed(f"training stopped at step {result.step} of {stage.recipe.train.steps}",
+                          128 + result.stop_signal)
 
 
 def run_pipeline(path: str, extra_overrides=(), log=print, only: tuple[str, ...] = (),
@@ -154,7 +159,8 @@ def run_pipeline(path: str, extra_overrides=(), log=print, only: tuple[str, ...]
         try:
             run_stage(stage, dist)
         except Exception as err:
-            raise StageFailed(f"pipeline {path} stopped at {where}: {type(err).__name__}: {err}") from err
+            status = err.exit_status if isinstance(err, StageFailed) else 1
+            raise StageFailed(f"pipeline {path} stopped at {where}: {type(err).__name__}: {err}", status) from err
         if not stage_finished(stage):
             raise StageFailed(f"pipeline {path} stopped at {where}: the stage ended without finishing")
     return stages

@@ -133,17 +133,39 @@ class CheckpointManager:
             self._writer.shutdown()
 
 
+def recovery_advice(path: Path) -> str:
+    """What to do about the unreadable checkpoint `path`: fall back to the previous complete one,
+    or start over under another run name."""
+    step = COMPLETE.match(path.name)
+    earlier = [p for p in complete_checkpoints(path.parent) if step and int(COMPLETE.match(p.name).group(1))
+               < int(step.group(1))]
+    if earlier:
+        return f"delete {path} to go back to the previous complete checkpoint {earlier[-1].name}, or use a new run.name"
+    return f"there is no earlier complete checkpoint: use a new run.name (or delete {path.parent.parent})"
+
+
 def load_checkpoint(path: Path, state: dict) -> dict:
-    """Fill `state` in place from the checkpoint at `path` (only the keys `state` holds)."""
+    """Fill `state` in place from the checkpoint at `path` (only the keys `state` holds). An
+    unreadable one raises CheckpointError saying what to do."""
     if not (path / META).is_file() or not (path / ".metadata").is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no {META} or .metadata)")
+    try:   # read first: DCP logs a traceback for a metadata file it cannot read
+        dcp.FileSystemReader(str(path)).read_metadata()
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} is damaged (its .metadata cannot be read: {type(err).__name__}); "
+                              f"{recovery_advice(path)}") from None
     try:
         _quiet(dcp.load, state, checkpoint_id=str(path))
     except (Exception, CheckpointException) as err:  # DCP's own error derives from BaseException
         first_line = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(err).__name__}: {first_line}") from err
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(err).__name__}: {first_line}; "
+                              f"{recovery_advice(path)}") from err
     return state
 
 
 def checkpoint_step(path: Path) -> int:
-    return json.loads((path / META).read_text())["step"]
+    try:
+        return int(json.loads((path / META).read_text())["step"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path} is damaged ({META} has no step: {type(err).__name__}); "
+                              f"{recovery_advice(path)}") from None

@@ -60,7 +60,7 @@ def _resolve_files(kind: str, location: str) -> list[Path]:
                                  f"{', '.join(names)})")
         return [path / n for n in names]
     if path.is_absolute() or location.startswith(".") or path.suffix:
-        raise TokenizerError(f"tokenizer path {location} does not exist")
+        raise TokenizerError(f"tokenizer.path: '{location}' does not exist (looked in {Path.cwd()})")
     return [_hub_file(location, n) for n in names]
 
 

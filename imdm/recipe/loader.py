@@ -34,6 +34,36 @@ def _nearest(word: str, candidates: typing.Iterable[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
+def _read_text(file: Path) -> str:
+    """A TOML file's text: it must be a readable UTF-8 file (TOML's only encoding)."""
+    if file.is_dir():
+        raise RecipeError(str(file), ["is a folder, not a TOML file"])
+    if not file.is_file():
+        raise RecipeError(str(file), ["file not found"])
+    try:
+        raw = file.read_bytes()
+    except OSError as err:
+        raise RecipeError(str(file), [f"cannot be read: {err.strerror}"]) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        found = "UTF-16 text" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else \
+            f"not UTF-8 text (byte {err.start} is {raw[err.start]:#04x})"
+        raise RecipeError(str(file), [f"{found}; TOML files are UTF-8: save it again as UTF-8"]) from None
+
+
+def _unnamed(table: dict) -> list[str]:
+    """A recipe names at least its run and its algorithm (a coupling recipe: its teacher run), so
+    that an empty or stray file never stands for the defaults."""
+    if not table:
+        return ["the recipe is empty (or only comments): it needs at least [run] name and [algorithm] name"]
+    named = {f"{s}.{k}" for s, body in table.items() if isinstance(body, dict) for k in body}
+    problems = [] if "run.name" in named else ["run.name: missing; a recipe names its run ([run] name = ...)"]
+    if not {"algorithm.name", "couplings.teacher_run"} & named:
+        problems.append("algorithm.name: missing; a recipe names its algorithm ([algorithm] name = ...)")
+    return problems
+
+
 def read_toml(path: str) -> tuple[str, dict]:
     """Read a recipe file, or a packaged one named 'builtin:NAME'. Returns (label, table)."""
     if path.startswith(PACKAGED_PREFIX):
@@ -44,10 +74,7 @@ def read_toml(path: str) -> tuple[str, dict]:
             raise RecipeError(path, [f"no packaged recipe '{name}'{_nearest(name, known)} (known: {', '.join(known)})"])
         text = resource.read_text()
     else:
-        file = Path(path)
-        if not file.is_file():
-            raise RecipeError(path, ["file not found"])
-        text = file.read_text()
+        text = _read_text(Path(path))
     try:
         return path, tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -164,6 +191,7 @@ def load_recipe(path: str, overrides: typing.Sequence[str] = (), world_size: int
     is checked against the data-parallel layout. The algorithm registry's rules come in as
     `checks`: applications load recipes through imdm.algorithms.registry.load_recipe."""
     source, table = read_toml(path)
+    empty = not table
     for item in overrides:
         keys, value = parse_override(item)
         if len(keys) != 2:
@@ -173,4 +201,11 @@ def load_recipe(path: str, overrides: typing.Sequence[str] = (), world_size: int
             raise RecipeError("command line", [f"override '{item}': {keys[0]} is not a section"])
         table[keys[0]][keys[1]] = value
     label = source if not overrides else f"{source} (with overrides {' '.join(overrides)})"
-    return recipe_from_dict(table, label, world_size, checks)
+    unnamed = _unnamed({} if empty else table)
+    try:
+        recipe = recipe_from_dict(table, label, world_size, checks)
+    except RecipeError as err:
+        raise RecipeError(label, unnamed + err.problems) from None
+    if unnamed:
+        raise RecipeError(label, unnamed)
+    return recipe

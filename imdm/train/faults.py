@@ -12,6 +12,7 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
+        self.signum: int | None = None   # the signal that asked (the exit status is 128 + it)
         self._previous = {}
 
     def install(self) -> None:
@@ -20,6 +21,7 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+        self.signum = signum
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
+import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_s
 
 from imdm import rng
 from imdm.build import autocast_dtype, build_dataset, build_model, build_objective, build_process, has_validation_split
+from imdm.data.input_paths import missing_inputs
 from imdm.data.loader import make_loader
 from imdm.data.order import GlobalBatchOrder
 from imdm.eval.perplexity import nelbo_per_token
@@ -33,15 +36,16 @@ from imdm.parallel.grad_norm import clip_grad_norm
 from imdm.devices import host_to_device
 from imdm.parallel.distributed import DistInfo, all_reduce_max, all_reduce_sum, checkpoint_group
 from imdm.parallel.fsdp import reshard_all
-from imdm.recipe import Recipe
+from imdm.recipe import Recipe, RecipeError
 from imdm.recipe.writer import recipe_to_toml
-from imdm.parallel.checkpoint import CheckpointManager, checkpoint_step, latest_checkpoint, load_checkpoint
+from imdm.parallel.checkpoint import (CheckpointError, CheckpointManager, checkpoint_step, latest_checkpoint,
+                                     load_checkpoint, recovery_advice)
 from imdm.parallel.ema import EMA
 from imdm.train.faults import NonFinitePolicy, StopRequest, maybe_inject_failure
 from imdm.train.flops import device_peak_flops, flops_per_token
 from imdm.train.init_from_run import load_ema_weights
 from imdm.train.lr import lr_factor
-from imdm.train.metrics import MetricsLog
+from imdm.train.metrics import MetricsLog, tensorboard_problems
 from imdm.train.parallelize import training_model
 from imdm.train.run_dir import prepare_run_dir
 from imdm.train.step_report import StepReport
@@ -56,6 +60,7 @@ class TrainResult:
     last_loss: float
     val_nelbo: float
     stopped_early: bool = False
+    stop_signal: int = signal.SIGTERM   # what stopped it early (another rank's signal: SIGTERM)
 
 
 class Trainer:
@@ -63,6 +68,9 @@ class Trainer:
         self.recipe, self.dist = recipe, dist
         self.device = dist.device
         self.run_dir = Path(recipe.run.output_dir) / recipe.run.name
+        problems = missing_inputs(recipe) + tensorboard_problems(recipe.logging.tensorboard)
+        if problems:
+            raise RecipeError(f"run '{recipe.run.name}'", problems)
         self.dataset = build_dataset(recipe, recipe.data.split, dist.is_main)
         self.model = training_model(recipe, self.dataset.model_vocab, self.dataset.mask_id, dist)
         self.process = build_process(recipe, self.dataset.mask_id, self.device)   # sampling and the NELBO
@@ -147,7 +155,8 @@ class Trainer:
             self.objective.load_state_dict(state["algorithm"])
         self.step = int(state["progress"]["step"])
         if self.step != checkpoint_step(path):
-            raise RuntimeError(f"{path}: meta step {checkpoint_step(path)} != stored step {self.step}")
+            raise CheckpointError(f"{path}: meta step {checkpoint_step(path)} != stored step {self.step}; "
+                                  f"{recovery_advice(path)}")
         if same_layout and not seed_only:
             self.loader.load_state_dict(pickle.loads(state["data"][f"rank_{self.dist.rank}"]))
         else:
@@ -266,22 +275,13 @@ class Trainer:
     # -- loop ----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         r = self.recipe
-        prepare_run_dir(self.run_dir, r, self.dist.is_main)
-        log = MetricsLog(self.run_dir if self.dist.is_main else None, r.logging.progress and self.dist.is_main,
-                         r.logging.tensorboard)
-        ckpt = latest_checkpoint(self.run_dir / "checkpoints") if r.checkpoint.resume else None
-        if ckpt is not None:
-            note = self.restore(ckpt)
-            log.write({"step": self.step, "event": f"resumed from {ckpt.name}" + (f"; {note}" if note else "")})
-        else:
-            log.write({"step": 0, "event": f"model of {count_parameters(self.model):,} parameters"})
-            if r.init.from_run:
-                source = load_ema_weights(r.init.from_run, r.run.output_dir, self.model)
-                self.ema.restart(self.model)   # averages start from the loaded weights
-                log.write({"step": 0, "event": f"initialised from run {r.init.from_run} step {source.step}"
-                                               + (f"; new: {', '.join(source.new_keys)}" if source.new_keys else "")})
-            if r.checkpoint.seed_checkpoint:
-                self.save()
+        created = _first_missing(self.run_dir) if self.dist.is_main else None
+        try:
+            log, finished = self._start()
+        except BaseException:
+            if created is not None:   # a run that fails at its start leaves no half-made folder
+                shutil.rmtree(created, ignore_errors=True)
+            raise
         self.stop.install()
         try:
             loss_value = self._loop(log)
@@ -289,13 +289,40 @@ class Trainer:
             self.stop.uninstall()
             self.checkpoints.close()
         stopped = self.step < r.train.steps
-        val = None if stopped else self.validation_nelbo(self.ema_model())
         if stopped:
             log.write({"step": self.step, "event": "stopped by signal after saving"})
-        elif val is not None:
-            log.write({"step": self.step, "val_nelbo_ema": val})
+            val = None
+        elif finished is not None:   # a finished run run again: its evaluation line is there already
+            val = finished["val_nelbo_ema"]
+        else:
+            val = self.validation_nelbo(self.ema_model())
+            if val is not None:
+                log.write({"step": self.step, "val_nelbo_ema": val})
         log.close()
-        return TrainResult(self.run_dir, self.step, loss_value, float("nan") if val is None else val, stopped)
+        return TrainResult(self.run_dir, self.step, loss_value, float("nan") if val is None else val, stopped,
+                           self.stop.signum or signal.SIGTERM)
+
+    def _start(self) -> tuple[MetricsLog, dict | None]:
+        """Create or reopen the run directory and restore or initialise the state. Returns the
+        metrics log and, for a run that had already finished, its logged evaluation record."""
+        r = self.recipe
+        prepare_run_dir(self.run_dir, r, self.dist.is_main)
+        log = MetricsLog(self.run_dir if self.dist.is_main else None, r.logging.progress and self.dist.is_main,
+                         r.logging.tensorboard)
+        ckpt = latest_checkpoint(self.run_dir / "checkpoints") if r.checkpoint.resume else None
+        if ckpt is not None:
+            note = self.restore(ckpt)
+            log.write({"step": self.step, "event": f"resumed from {ckpt.name}" + (f"; {note}" if note else "")})
+            return log, log.logged("val_nelbo_ema", self.step) if self.step >= r.train.steps else None
+        log.write({"step": 0, "event": f"model of {count_parameters(self.model):,} parameters"})
+        if r.init.from_run:
+            source = load_ema_weights(r.init.from_run, r.run.output_dir, self.model)
+            self.ema.restart(self.model)   # averages start from the loaded weights
+            log.write({"step": 0, "event": f"initialised from run {r.init.from_run} step {source.step}"
+                                           + (f"; new: {', '.join(source.new_keys)}" if source.new_keys else "")})
+        if r.checkpoint.seed_checkpoint:
+            self.save()
+        return log, None
 
     def _loop(self, log: MetricsLog) -> float:
         r = self.recipe
@@ -343,3 +370,13 @@ class Trainer:
         model = build_model(self.recipe, self.dataset.model_vocab, self.dataset.mask_id, self.device)
         self.ema.copy_to(model)
         return model.eval()
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` (itself included) that does not exist yet, or None."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
