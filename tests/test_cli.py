@@ -33,7 +33,8 @@ def test_quickstart_sample_and_eval(tmp_path):
         assert (out / name / "checkpoints" / "step_00000040" / "meta.json").is_file()
     assert (out / "quickstart-couplings" / "couplings" / "manifest.json").is_file()
 
-    sample = _imdm("sample", str(out / "quickstart-imdm"), "--steps", "4", "--num-samples", "3", cwd=tmp_path)
+    sample = _imdm("sample", str(out / "quickstart-imdm"), "--steps", "4", "--num-samples", "3", "--format", "json",
+                   cwd=tmp_path)
     assert sample.returncode == 0, sample.stderr
     payload = json.loads(sample.stdout)
     assert payload["nfe"] <= 4 and len(payload["samples"]) == 3 and all(len(s) == 8 for s in payload["samples"])
@@ -80,7 +81,7 @@ def test_text_run_trains_evaluates_and_samples(tmp_path, repo_root):
     assert set(rows) == {"validation", "wikitext2", "ptb", "lambada"}
     for r in rows.values():
         assert r["tokens"] > 0 and 1.0 < r["ppl"] < 1e6     # an untrained bound sits near V = 50258
-    sample = _imdm("sample", str(run_dir), "--steps", "2", "--num-samples", "2", cwd=repo_root)
+    sample = _imdm("sample", str(run_dir), "--steps", "2", "--num-samples", "2", "--format", "json", cwd=repo_root)
     assert sample.returncode == 0, sample.stderr
     payload = json.loads(sample.stdout)
     assert len(payload["text"]) == 2 and all(isinstance(t, str) for t in payload["text"])
