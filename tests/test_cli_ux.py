@@ -172,3 +172,38 @@ def test_token_store_building_counts_documents_on_stderr(tmp_path, capsys):
     assert "token store s1 (train)" in err and "3doc" in err and "16 tokens" in err    # 6 + 6 + 4 characters
     _store(tmp_path, progress=False)
     assert capsys.readouterr().err == ""
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_an_export_gets_the_users_permissions_not_owner_only(tiny_run, tmp_path, umask_022):
+    from imdm.tools.atomic_folder import atomic_folder
+    from imdm.tools.export_run import export_run
+    out = export_run(tiny_run[1], tmp_path / "exported")
+    assert (out.stat().st_mode & 0o777) == 0o755                     # 0o777 less the umask 0o022
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+        "model.safetensors": 0o644, "config.json": 0o644, "recipe.toml": 0o644}
+    os.umask(0o027)
+    with atomic_folder(tmp_path / "imported") as staging:
+        (staging / "f").write_text("x")
+    assert ((tmp_path / "imported").stat().st_mode & 0o777) == 0o750
+
+
+def test_gitignore_covers_the_folders_the_commands_write_by_default(repo_root):
+    from imdm.recipe import Recipe
+    if not (Path(repo_root) / ".git").exists():
+        pytest.skip("not a git checkout")
+    quickstart_dir = next(a.default for a in _subcommands()["quickstart"]._actions if a.dest == "output_dir")
+    readme_export = "exported"      # the README's export_run example
+    folders = {Recipe().run.output_dir, quickstart_dir, Recipe().data.store_dir, readme_export}
+    paths = [f"{folder}/some-run/file" for folder in sorted(folders)]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=repo_root, capture_output=True,
+                             text=True).stdout.split()
+    assert ignored == paths
+    tracked = subprocess.run(["git", "ls-files", *sorted(folders)], cwd=repo_root, capture_output=True, text=True)
+    assert tracked.stdout == ""
