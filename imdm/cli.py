@@ -159,8 +159,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
+    from imdm.pipeline import StageFailed
     from imdm.quickstart import run_quickstart
-    run_quickstart(args.output_dir, args.overrides)
+    try:
+        run_quickstart(args.output_dir, args.overrides)
+    except StageFailed as err:      # as imdm pipeline reports a failed stage
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -21,6 +21,15 @@ def test_quickstart_sample_and_eval(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "V^-(L-1) = 2.3e-13" in result.stdout
     assert "stage 3/4 couplings quickstart-couplings: running" in result.stdout
+    phases = [line for line in result.stdout.splitlines() if line.startswith("[")]   # [k/N m:ss] what
+    assert [line.split()[0] for line in phases] == [f"[{k}/7" for k in range(1, 8)]     # 4 stages, 3 evaluations
+    assert [line.split("] ")[1].split(":")[0] for line in phases] == [
+        "stage 1/4 train quickstart-mdlm", "stage 2/4 train quickstart-imdm",
+        "stage 3/4 couplings quickstart-couplings", "stage 4/4 train quickstart-imredi",
+        "evaluating quickstart-mdlm (MDLM)", "evaluating quickstart-imdm (IMDM)",
+        "evaluating quickstart-imredi (IMDM + IM-ReDi)"]
+    elapsed = [int(m) * 60 + int(s) for m, s in (line.split()[1].rstrip("]").split(":") for line in phases)]
+    assert elapsed == sorted(elapsed)
     rows = json.loads((out / "quickstart.json").read_text())
     methods = ("MDLM", "IMDM", "IMDM + IM-ReDi")
     assert [(r["method"], r["steps"]) for r in rows] == [(m, s) for m in methods for s in (1, 64)]

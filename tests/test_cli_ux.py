@@ -207,3 +207,15 @@ def test_gitignore_covers_the_folders_the_commands_write_by_default(repo_root):
     assert ignored == paths
     tracked = subprocess.run(["git", "ls-files", *sorted(folders)], cwd=repo_root, capture_output=True, text=True)
     assert tracked.stdout == ""
+
+
+def test_quickstart_numbers_its_phases_and_reports_a_failed_stage_without_a_traceback(tmp_path):
+    result = _imdm("quickstart", "--output-dir", str(tmp_path / "qs"), "data.num_sequences=8", "logging.progress=false",
+                   cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("quickstart: 4 stages (train quickstart-mdlm, train quickstart-imdm, couplings "
+                               "quickstart-couplings, train quickstart-imredi)")
+    assert lines[1].startswith("[1/7 0:") and lines[1].endswith("] stage 1/4 train quickstart-mdlm: running "
+                                                                 "(builtin:quickstart)")
+    assert "stopped at stage 1/4 train quickstart-mdlm: ValueError: the dataset has 8 sequences" in result.stderr
