@@ -94,3 +94,7 @@ def test_text_run_trains_evaluates_and_samples(tmp_path, repo_root):
     assert sample.returncode == 0, sample.stderr
     payload = json.loads(sample.stdout)
     assert len(payload["text"]) == 2 and all(isinstance(t, str) for t in payload["text"])
+    shown = _imdm("sample", str(run_dir), "--steps", "2", "--num-samples", "2", cwd=repo_root)   # the same seeds
+    assert shown.returncode == 0, shown.stderr
+    blocks = [f"--- sample {i} of 2 ---\n{text}\n" for i, text in enumerate(payload["text"], 1)]
+    assert shown.stdout.split("\n", 1)[1] == "\n".join(blocks) + "\n"       # one block each, then print's newline
