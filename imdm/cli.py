@@ -182,6 +182,7 @@ RECIPE_ITEMS = dict(nargs="*", metavar="RECIPE|KEY=VALUE",
 def build_parser() -> argparse.ArgumentParser:
     from imdm import __version__
     from imdm.cli_help import command_parser
+    from imdm.sample_output import FORMATS
     parser = argparse.ArgumentParser(prog="imdm", description=__doc__,
                                      epilog="imdm COMMAND --help shows a command's arguments and examples")
     parser.add_argument("--version", action="version", version=f"imdm {__version__}")
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=0, metavar="K", help="reverse steps (default: the recipe's last)")
     p.add_argument("--num-samples", type=int, default=8, metavar="N", help="how many sequences to generate")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to sample")
-    p.add_argument("--format", default=None, choices=("text", "json", "jsonl"),
+    p.add_argument("--format", default=None, choices=FORMATS,
                    help="text: decoded samples, one block each (default on screen); json: one object (default "
                         "with --out); jsonl: one object per sample")
     p.add_argument("--out", default="", metavar="FILE", help="write the samples here instead of stdout")
