@@ -22,25 +22,46 @@ def _warn(recipe) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
-def cmd_check(args) -> int:
-    from imdm.algorithms.registry import load_recipe, method_label
+def _input_problems(recipe) -> list[str]:
+    """Files the recipe names that are missing from here, and a missing TensorBoard."""
     from imdm.data.input_paths import missing_inputs
-    from imdm.recipe.errors import RecipeError
     from imdm.train.metrics import tensorboard_problems
+    return missing_inputs(recipe) + tensorboard_problems(recipe.logging.tensorboard)
+
+
+def _recipe_summary(recipe) -> str:
+    from imdm.algorithms.registry import method_label
+    c = recipe.couplings
+    if c.teacher_run:   # a coupling-generation recipe: the model and training settings are the teacher's
+        return (f"imdm couplings: {c.num} {c.start} couplings of {recipe.data.source} data, "
+                f"completed by run '{c.teacher_run}' in {c.steps} steps")
+    d, b, h = recipe.model.dims()
+    return (f"{method_label(recipe)}, model {recipe.model.size} d={d} blocks={b} heads={h}, "
+            f"{recipe.train.steps} steps of {recipe.train.global_batch} sequences")
+
+
+def cmd_check(args) -> int:
+    from imdm.algorithms.registry import load_recipe
+    from imdm.pipeline import is_pipeline, load_pipeline
+    from imdm.recipe.errors import RecipeError
     recipe_path, overrides = _split_recipe_and_overrides(args.items)
+    if is_pipeline(recipe_path):
+        output_dir, stages = load_pipeline(recipe_path, overrides, world_size=args.world_size)
+        problems = [f"stage[{i}] ({stage.name}): {p}" for i, stage in enumerate(stages)
+                    for p in _input_problems(stage.recipe)]
+        if problems:
+            raise RecipeError(recipe_path, problems)
+        print(f"{recipe_path}: ok (pipeline of {len(stages)} stages, runs under {output_dir})")
+        for i, stage in enumerate(stages, 1):
+            print(f"  stage {i}/{len(stages)} {stage.command} {stage.name}: {_recipe_summary(stage.recipe)}")
+            _warn(stage.recipe)
+        return 0
     recipe = load_recipe(recipe_path, overrides, world_size=args.world_size)
-    problems = missing_inputs(recipe) + tensorboard_problems(recipe.logging.tensorboard)
+    problems = _input_problems(recipe)
     if problems:
         raise RecipeError(recipe_path, problems)
     _warn(recipe)
-    d, b, h = recipe.model.dims()
-    c = recipe.couplings
-    if c.teacher_run:   # a coupling-generation recipe: the model and training settings are the teacher's
-        print(f"{recipe_path}: ok (imdm couplings: {c.num} {c.start} couplings of {recipe.data.source} data, "
-              f"completed by run '{c.teacher_run}' in {c.steps} steps)")
-        return 0
-    print(f"{recipe_path}: ok ({method_label(recipe)}, model {recipe.model.size} d={d} blocks={b} heads={h}, "
-          f"{recipe.train.steps} steps of {recipe.train.global_batch} sequences)")
+    print(f"{recipe_path}: ok ({_recipe_summary(recipe)})")
     return 0
 
 
@@ -137,35 +158,24 @@ def _prompt(args, run) -> list[int] | None:
 
 
 def cmd_sample(args) -> int:
-    from imdm.build import sampler_settings
-    from imdm import rng
-    from imdm.eval.conditional import conditional_seeds
-    from imdm.sampling.ancestral import generation_seeds
+    from imdm.build import data_origin
     from imdm.run_loading import load_run
-    import torch
+    from imdm.sample_command import draw_samples
+    from imdm.sample_output import format_samples
     _check_output_file(args.out, "--out")
     run = load_run(args.run_dir, _device(args.device), args.overrides)
-    s = run.recipe.sampling
-    steps = args.steps or s.steps[-1]
-    device = run.model.token_embed.device
+    steps = args.steps or run.recipe.sampling.steps[-1]
     prompt = _prompt(args, run)
-    if prompt is None:
-        seeds, prefix = generation_seeds(s.seed, 0, args.num_samples, rng.STREAM_EVAL_SEED), None
-    else:
-        seeds = conditional_seeds(s.seed, 0, args.num_samples)
-        prefix = torch.tensor([prompt] * args.num_samples, dtype=torch.int64, device=device)
-    result = run.process.sample(run.model, sampler_settings(run.recipe, steps), seeds.to(device),
-                                run.recipe.data.seq_len, prefix=prefix)
-    out = {"run_dir": str(args.run_dir), "step": run.step, "steps": steps, "nfe": result.nfe,
-           "samples": result.tokens.cpu().tolist()}
+    tokens, nfe = draw_samples(run, steps, args.num_samples, prompt)
+    out = {"run_dir": str(args.run_dir), "step": run.step, "steps": steps, "nfe": nfe, "samples": tokens.tolist()}
     if prompt is not None:
         out["prefix"] = prompt
     if run.vocab.tokenizer is not None:
         out["text"] = [run.vocab.tokenizer.decode(ids) for ids in out["samples"]]
-    text = json.dumps(out)
+    text = format_samples(out, args.format or ("json" if args.out else "text"), data_origin(run.recipe) == "synthetic")
     if args.out:
         with open(args.out, "w") as f:
-            f.write(text)
+            f.write(text + "\n")
     else:
         print(text)
     return 0
@@ -184,16 +194,24 @@ def cmd_eval(args) -> int:
                 for row in evaluate_synthetic(run.recipe, run.model, run.process, device)]
         (Path(args.run_dir) / "eval.json").write_text(json.dumps({"step": run.step, "rows": rows}, indent=1))
         print(format_table(rows, run.recipe.data.vocab_size, run.recipe.data.seq_len))
+        written = [Path(args.run_dir) / "eval.json"]
     else:
         from imdm.eval.report import write_report
         from imdm.eval.text_eval import evaluate_text_run
         print(write_report(args.run_dir, evaluate_text_run(run, args.run_dir, device)))
+        written = [Path(args.run_dir) / "eval.json", Path(args.run_dir) / "eval.md"]
+    print(f"wrote {' and '.join(map(str, written))}", file=sys.stderr)
     return 0
 
 
 def cmd_quickstart(args) -> int:
+    from imdm.pipeline import StageFailed
     from imdm.quickstart import run_quickstart
-    run_quickstart(args.output_dir, args.overrides)
+    try:
+        run_quickstart(args.output_dir, args.overrides)
+    except StageFailed as err:      # as imdm pipeline reports a failed stage
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -204,39 +222,57 @@ def cmd_plot(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imdm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+RECIPE_ITEMS = dict(nargs="*", metavar="RECIPE|KEY=VALUE",
+                    help=f"a recipe file or builtin:NAME (default {DEFAULT_RECIPE}), then section.key=value overrides")
 
-    p = sub.add_parser("check", help="validate a recipe (and overrides) without running anything")
-    p.add_argument("items", nargs="*", metavar="RECIPE|KEY=VALUE")
-    p.add_argument("--world-size", type=_at_least_one, default=None, help="check the layout for this many ranks")
+
+def build_parser() -> argparse.ArgumentParser:
+    from imdm import __version__
+    from imdm.cli_help import command_parser
+    from imdm.sample_output import FORMATS
+    parser = argparse.ArgumentParser(prog="imdm", description=__doc__,
+                                     epilog="imdm COMMAND --help shows a command's arguments and examples")
+    parser.add_argument("--version", action="version", version=f"imdm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = command_parser(sub, "check", "validate a recipe or a pipeline (every stage) and overrides without running "
+                                     "anything")
+    p.add_argument("items", nargs="*", metavar="RECIPE|PIPELINE|KEY=VALUE",
+                   help="a recipe or pipeline file or builtin: name, then section.key=value overrides")
+    p.add_argument("--world-size", type=_at_least_one, default=None, metavar="N",
+                   help="check the layout for this many ranks")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("train", help="train from a recipe (default: the packaged quickstart); torchrun-ready")
-    p.add_argument("items", nargs="*", metavar="RECIPE|KEY=VALUE")
+    p = command_parser(sub, "train", "train from a recipe (default: the packaged quickstart); torchrun-ready")
+    p.add_argument("items", **RECIPE_ITEMS)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("couplings", help="ReDi couplings: a teacher run completes noised training sequences into "
+    p = command_parser(sub, "couplings", "ReDi couplings: a teacher run completes noised training sequences into "
                                          "run.output_dir/run.name/couplings; resumable; torchrun-ready")
-    p.add_argument("items", nargs="*", metavar="RECIPE|KEY=VALUE")
+    p.add_argument("items", **RECIPE_ITEMS)
     p.set_defaults(func=cmd_couplings)
 
-    p = sub.add_parser("pipeline", help="run a pipeline's stages in order (train, couplings), skipping finished ones")
-    p.add_argument("pipeline", metavar="PIPELINE.toml|builtin:pipelines/NAME")
+    p = command_parser(sub, "pipeline", "run a pipeline's stages in order (train, couplings), skipping finished "
+                                        "ones")
+    p.add_argument("pipeline", metavar="PIPELINE.toml|builtin:pipelines/NAME", help="the pipeline file to run")
     p.add_argument("--only", default="", metavar="RUN,RUN",
                    help="run just the stages of these run names (their inputs must be finished); others are left alone")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every stage")
     p.set_defaults(func=cmd_pipeline)
 
-    p = sub.add_parser("sample", help="generate from a run's newest checkpoint (EMA weights), optionally continuing "
-                                      "a prompt")
-    p.add_argument("run_dir")
-    p.add_argument("overrides", nargs="*", metavar="sampling.KEY=VALUE")
-    p.add_argument("--steps", type=_at_least_one, default=None, help="reverse steps (default: the recipe's last)")
-    p.add_argument("--num-samples", type=_at_least_one, default=8)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--out", default="", help="write JSON here instead of stdout")
+    p = command_parser(sub, "sample", "generate from a run's newest checkpoint (EMA weights), optionally "
+                                      "continuing a prompt")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (run.output_dir/run.name)")
+    p.add_argument("overrides", nargs="*", metavar="sampling.KEY=VALUE", help="sampler settings for this call")
+    p.add_argument("--steps", type=_at_least_one, default=None, metavar="K",
+                   help="reverse steps (default: the recipe's last)")
+    p.add_argument("--num-samples", type=_at_least_one, default=8, metavar="N",
+                   help="how many sequences to generate")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to sample")
+    p.add_argument("--format", default=None, choices=FORMATS,
+                   help="text: decoded samples, one block each (default on screen); json: one object (default "
+                        "with --out); jsonl: one object per sample")
+    p.add_argument("--out", default="", metavar="FILE", help="write the samples here instead of stdout")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prefix", default=None, metavar="TEXT",
                         help="continue this text: BOS and its tokens are clamped at the start of every sample")
@@ -244,24 +280,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue these token ids, clamped at the start of every sample as given")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("eval", help="synthetic: validity/coverage at sampling.steps; text: generative perplexity "
+    p = command_parser(sub, "eval", "synthetic: validity/coverage at sampling.steps; text: generative perplexity "
                                     "and entropy at sampling.steps (judge eval.judge), the human-text row and "
                                     "perplexity bounds, into RUN_DIR/eval.json and eval.md")
-    p.add_argument("run_dir")
-    p.add_argument("overrides", nargs="*", metavar="sampling.KEY=VALUE|eval.KEY=VALUE")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (run.output_dir/run.name)")
+    p.add_argument("overrides", nargs="*", metavar="sampling.KEY=VALUE|eval.KEY=VALUE",
+                   help="sampling.*, eval.*, conditional.* and logging.* settings for this evaluation")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to evaluate")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("quickstart", help="MDLM, IMDM and IM-ReDi on the CPU-sized synthetic task, then their "
-                                          "validity and coverage at 1 to 128 steps")
+    p = command_parser(sub, "quickstart", "MDLM, IMDM and IM-ReDi on the CPU-sized synthetic task "
+                                          "(builtin:pipelines/quickstart), then their validity and coverage at few "
+                                          "and many steps")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every stage")
-    p.add_argument("--output-dir", default="runs")
+    p.add_argument("--output-dir", default="runs", metavar="DIR", help="where the runs and quickstart.json go")
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("plot", help="text runs' generative perplexity (their eval.json) against sampling steps, "
+    p = command_parser(sub, "plot", "text runs' generative perplexity (their eval.json) against sampling steps, "
                                     "and against entropy across temperatures")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", required=True, metavar="FILE.png|FILE.svg")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="evaluated run directories, one curve each")
+    p.add_argument("--out", required=True, metavar="FILE.png|FILE.svg", help="the figure to write")
     p.set_defaults(func=cmd_plot)
     return parser
 

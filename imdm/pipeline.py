@@ -58,9 +58,16 @@ def _stage_errors(index: int, table: dict) -> list[str]:
     return problems
 
 
-def load_pipeline(path: str, extra_overrides=(), output_dir: str | None = None) -> tuple[Path, list[Stage]]:
+def is_pipeline(path: str) -> bool:
+    """Whether the TOML file (or builtin: name) at `path` is a pipeline rather than a recipe."""
+    return bool({"pipeline", "stage"} & set(read_toml(path)[1]))
+
+
+def load_pipeline(path: str, extra_overrides=(), output_dir: str | None = None,
+                  world_size: int | None = None) -> tuple[Path, list[Stage]]:
     """The pipeline's output folder (`output_dir`, or the file's) and its validated stages.
-    `extra_overrides` apply to every stage before the stage's own (e.g. train.device=cpu)."""
+    `extra_overrides` apply to every stage before the stage's own (e.g. train.device=cpu);
+    `world_size` (when known) is checked against every stage's layout."""
     label, table = read_toml(path)
     problems = [f"{k}: unknown section (known: pipeline, stage)" for k in table if k not in ("pipeline", "stage")]
     head = table.get("pipeline", {})
@@ -74,11 +81,15 @@ def load_pipeline(path: str, extra_overrides=(), output_dir: str | None = None) 
         raise RecipeError(label, problems)
     output_dir = Path(output_dir or head.get("output_dir", "runs"))
     stages = []
-    for stage in stages_table:
+    for i, stage in enumerate(stages_table):
         overrides = (*extra_overrides, *stage.get("overrides", []), f"run.output_dir={output_dir}")
-        recipe = load_recipe(stage["recipe"], list(overrides))
+        try:
+            recipe = load_recipe(stage["recipe"], list(overrides), world_size)
+        except RecipeError as err:   # every stage is checked before the pipeline's problems are raised
+            problems += [f"stage[{i}] ({stage['recipe']}): {p}" for p in err.problems]
+            continue
         stages.append(Stage(stage.get("command", "train"), stage["recipe"], tuple(overrides), recipe))
-    problems = _wiring_errors(stages, output_dir)
+    problems = problems or _wiring_errors(stages, output_dir)
     if problems:
         raise RecipeError(label, problems)
     return output_dir, stages

@@ -18,7 +18,8 @@ LAYERS = [
     ("imdm.algorithms",),
     ("imdm.build", "imdm.eval", "imdm.run_loading", "imdm.couplings"),
     ("imdm.train",),
-    ("imdm.pipeline", "imdm.quickstart", "imdm.cli", "imdm.__main__", "imdm.tools"),
+    ("imdm.pipeline", "imdm.quickstart", "imdm.cli", "imdm.cli_help", "imdm.sample_command", "imdm.sample_output",
+     "imdm.__main__", "imdm.tools"),
 ]
 SOURCE_ROOTS = {"imdm": "imdm", "kernels": "imdm.kernels", "parallel": "imdm.parallel", "tools": "imdm.tools"}
 

@@ -185,7 +185,7 @@ def test_ar_trains_resumes_samples_and_evaluates(tmp_path, capsys):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     run_dir = tmp_path / "straight"
-    assert cli_main(["sample", str(run_dir), "--num-samples", "4"]) == 0
+    assert cli_main(["sample", str(run_dir), "--num-samples", "4", "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     run = load_run(run_dir, torch.device("cpu"))
     assert isinstance(run.process, Autoregressive) and out["nfe"] == 5 and len(out["samples"]) == 4

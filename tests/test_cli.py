@@ -21,6 +21,15 @@ def test_quickstart_sample_and_eval(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "V^-(L-1) = 2.3e-13" in result.stdout
     assert "stage 3/4 couplings quickstart-couplings: running" in result.stdout
+    phases = [line for line in result.stdout.splitlines() if line.startswith("[")]   # [k/N m:ss] what
+    assert [line.split()[0] for line in phases] == [f"[{k}/7" for k in range(1, 8)]     # 4 stages, 3 evaluations
+    assert [line.split("] ")[1].split(":")[0] for line in phases] == [
+        "stage 1/4 train quickstart-mdlm", "stage 2/4 train quickstart-imdm",
+        "stage 3/4 couplings quickstart-couplings", "stage 4/4 train quickstart-imredi",
+        "evaluating quickstart-mdlm (MDLM)", "evaluating quickstart-imdm (IMDM)",
+        "evaluating quickstart-imredi (IMDM + IM-ReDi)"]
+    elapsed = [int(m) * 60 + int(s) for m, s in (line.split()[1].rstrip("]").split(":") for line in phases)]
+    assert elapsed == sorted(elapsed)
     rows = json.loads((out / "quickstart.json").read_text())
     methods = ("MDLM", "IMDM", "IMDM + IM-ReDi")
     assert [(r["method"], r["steps"]) for r in rows] == [(m, s) for m in methods for s in (1, 64)]
@@ -33,7 +42,8 @@ def test_quickstart_sample_and_eval(tmp_path):
         assert (out / name / "checkpoints" / "step_00000040" / "meta.json").is_file()
     assert (out / "quickstart-couplings" / "couplings" / "manifest.json").is_file()
 
-    sample = _imdm("sample", str(out / "quickstart-imdm"), "--steps", "4", "--num-samples", "3", cwd=tmp_path)
+    sample = _imdm("sample", str(out / "quickstart-imdm"), "--steps", "4", "--num-samples", "3", "--format", "json",
+                   cwd=tmp_path)
     assert sample.returncode == 0, sample.stderr
     payload = json.loads(sample.stdout)
     assert payload["nfe"] <= 4 and len(payload["samples"]) == 3 and all(len(s) == 8 for s in payload["samples"])
@@ -80,7 +90,11 @@ def test_text_run_trains_evaluates_and_samples(tmp_path, repo_root):
     assert set(rows) == {"validation", "wikitext2", "ptb", "lambada"}
     for r in rows.values():
         assert r["tokens"] > 0 and 1.0 < r["ppl"] < 1e6     # an untrained bound sits near V = 50258
-    sample = _imdm("sample", str(run_dir), "--steps", "2", "--num-samples", "2", cwd=repo_root)
+    sample = _imdm("sample", str(run_dir), "--steps", "2", "--num-samples", "2", "--format", "json", cwd=repo_root)
     assert sample.returncode == 0, sample.stderr
     payload = json.loads(sample.stdout)
     assert len(payload["text"]) == 2 and all(isinstance(t, str) for t in payload["text"])
+    shown = _imdm("sample", str(run_dir), "--steps", "2", "--num-samples", "2", cwd=repo_root)   # the same seeds
+    assert shown.returncode == 0, shown.stderr
+    blocks = [f"--- sample {i} of 2 ---\n{text}\n" for i, text in enumerate(payload["text"], 1)]
+    assert shown.stdout.split("\n", 1)[1] == "\n".join(blocks) + "\n"       # one block each, then print's newline

@@ -201,7 +201,8 @@ def test_imdm_sample_prefix_ids_on_a_synthetic_run(tmp_path, capsys):
                       "train": {"steps": 2, "global_batch": 8, "micro_batch": 8, "eval_batches": 1},
                       "logging": {"progress": False}})
     capsys.readouterr()
-    assert cli_main(["sample", str(run_dir), "--prefix-ids", "3,1,4", "--num-samples", "5", "--steps", "4"]) == 0
+    assert cli_main(["sample", str(run_dir), "--prefix-ids", "3,1,4", "--num-samples", "5", "--steps", "4",
+                     "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["prefix"] == [3, 1, 4] and len(out["samples"]) == 5
     assert all(s[:3] == [3, 1, 4] and len(s) == 8 for s in out["samples"])
@@ -226,7 +227,8 @@ def test_imdm_sample_prefix_text_on_a_text_run(tmp_path, capsys):
              "logging": {"progress": False}}
     run_dir = _train(table)
     capsys.readouterr()
-    assert cli_main(["sample", str(run_dir), "--prefix", "Short paragraph", "--num-samples", "2", "--steps", "3"]) == 0
+    assert cli_main(["sample", str(run_dir), "--prefix", "Short paragraph", "--num-samples", "2", "--steps", "3",
+                     "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     tok = build_vocabulary(recipe).tokenizer
     prompt = [tok.bos_id, *tok.encode("Short paragraph")]

@@ -124,7 +124,7 @@ def _build_and_open(recipe: Recipe, tokenizer: TextTokenizer, key: StoreKey, doc
     if is_main:
         specials = {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id, "mask": tokenizer.mask_id}
         path = build_store(folder, key, documents, tokenizer.encode_batch, DETOKENIZERS[key.detokenizer], specials,
-                           tokenizer.vocab_size, label=name)
+                           tokenizer.vocab_size, label=name, progress=recipe.logging.progress)
     barrier()
     mismatch = manifest_mismatch(json.loads((path / MANIFEST).read_text()), key)
     if mismatch:

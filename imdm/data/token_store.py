@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from imdm.data.local_text import DataSourceError
 from imdm.data.packing import pack_stream
@@ -93,10 +95,11 @@ def store_path(folder: Path, key: StoreKey) -> Path:
 
 def build_store(folder: Path, key: StoreKey, documents: Callable[[], Iterable[str]],
                 encode_batch: Callable[[list[str]], list[list[int]]], detokenize: Callable[[str], str],
-                specials: dict, vocab_size: int, batch_docs: int = 512, label: str = "") -> Path:
+                specials: dict, vocab_size: int, batch_docs: int = 512, label: str = "",
+                progress: bool = False) -> Path:
     """Return the complete store for `key` under `folder`, building it if needed. Building
     writes into a partial folder renamed at the end; an interrupted build leaves nothing that
-    looks complete."""
+    looks complete. With `progress`, the documents tokenised so far are counted on stderr."""
     final = store_path(folder, key)
     if (final / MANIFEST).is_file():
         mismatch = manifest_mismatch(json.loads((final / MANIFEST).read_text()), key)
@@ -109,21 +112,26 @@ def build_store(folder: Path, key: StoreKey, documents: Callable[[], Iterable[st
     partial.mkdir(parents=True)
     dtype = token_dtype(vocab_size)
     start, n_docs, n_seq, n_tokens = time.perf_counter(), 0, 0, 0
+    bar = tqdm(desc=f"token store {label or key.source} ({key.split})", unit="doc", file=sys.stderr,
+               dynamic_ncols=True, disable=not progress)
+
+    def encoded(batch: list[str]) -> list[list[int]]:
+        nonlocal n_docs, n_tokens
+        ids = encode_batch(batch)
+        n_docs, n_tokens = n_docs + len(batch), n_tokens + sum(map(len, ids))
+        bar.update(len(batch))
+        bar.set_postfix_str(f"{n_tokens:,} tokens")
+        return ids
 
     def token_batches():
-        nonlocal n_docs, n_tokens
         batch = []
         for doc in documents():
             batch.append(detokenize(doc))
             if len(batch) == batch_docs:
-                encoded = encode_batch(batch)
-                n_docs, n_tokens = n_docs + len(batch), n_tokens + sum(map(len, encoded))
-                yield encoded
+                yield encoded(batch)
                 batch = []
         if batch:
-            encoded = encode_batch(batch)
-            n_docs, n_tokens = n_docs + len(batch), n_tokens + sum(map(len, encoded))
-            yield encoded
+            yield encoded(batch)
 
     with open(partial / "tokens.bin", "wb") as tok_f, open(partial / "lengths.bin", "wb") as len_f:
         for tokens, lengths in pack_stream(token_batches(), key.packing, key.seq_len, specials["bos"],
@@ -132,6 +140,7 @@ def build_store(folder: Path, key: StoreKey, documents: Callable[[], Iterable[st
             len_f.write(lengths.astype(np.int32).tobytes())
             n_seq += len(tokens)
         tok_f.flush(), os.fsync(tok_f.fileno()), len_f.flush(), os.fsync(len_f.fileno())
+    bar.close()
     seconds = time.perf_counter() - start
     if n_seq == 0:
         shutil.rmtree(partial)

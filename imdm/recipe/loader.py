@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from imdm.recipe.errors import RecipeError
+from imdm.recipe.packaged import PACKAGED_PREFIX, unknown_packaged
 from imdm.recipe.schema import SECTIONS, Recipe
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:
     import tomli as tomllib
-
-PACKAGED_PREFIX = "builtin:"
 
 # Keys the schema no longer has -> (the value that left them inert, what replaced them). Run
 # directories written before a removal keep loading; any other value is refused.
@@ -70,8 +69,7 @@ def read_toml(path: str) -> tuple[str, dict]:
         name = path[len(PACKAGED_PREFIX):]
         resource = resources.files("imdm.recipes") / f"{name}.toml"
         if not resource.is_file():
-            known = sorted(p.name[:-5] for p in resources.files("imdm.recipes").iterdir() if p.name.endswith(".toml"))
-            raise RecipeError(path, [f"no packaged recipe '{name}'{_nearest(name, known)} (known: {', '.join(known)})"])
+            raise RecipeError(path, [unknown_packaged(name)])
         text = resource.read_text()
     else:
         text = _read_text(Path(path))
