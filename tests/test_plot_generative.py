@@ -75,9 +75,11 @@ def test_shared_methods_fall_back_to_directory_names_and_distinct_humans_are_dra
 
 @pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG"), (".svg", b"<?xml")])
 def test_cli_writes_the_figure(two_runs, tmp_path, capsys, suffix, magic):
-    out = tmp_path / "figs" / f"gen{suffix}"
+    out = tmp_path / f"gen{suffix}"
     assert main(["plot", *map(str, two_runs), "--out", str(out)]) == 0
     assert out.read_bytes().startswith(magic) and capsys.readouterr().out.strip() == str(out)
+    assert main(["plot", *map(str, two_runs), "--out", str(tmp_path / "missing" / f"gen{suffix}")]) == 2
+    assert "--out" in capsys.readouterr().err        # a folder that does not exist is refused before drawing
 
 
 def _error(args, capsys):

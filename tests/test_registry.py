@@ -88,7 +88,7 @@ def test_a_toy_algorithm_trains_resumes_and_samples(toy, tmp_path, capsys):
     assert first_line["event"] == f"model of {count_parameters(straight.model):,} parameters"
     run = load_run(tmp_path / "straight", torch.device("cpu"))
     assert isinstance(run.process, ToyUnigram) and run.model.mask_state is None
-    assert cli_main(["sample", str(tmp_path / "straight"), "--num-samples", "4"]) == 0
+    assert cli_main(["sample", str(tmp_path / "straight"), "--num-samples", "4", "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
     again = run.process.sample(run.model, 1, torch.tensor([int(s) for s in _seeds(4)]), 5).tokens
     assert out["samples"] == again.tolist() and out["nfe"] == 1
