@@ -1,5 +1,5 @@
-"""The `imdm` command line: check, train, couplings, pipeline, sample, eval, quickstart, plot. Recipe and checkpoint
-problems end with a message and exit status 2, not a traceback. `check` never imports torch."""
+"""The `imdm` command line: check, train, couplings, pipeline, sample, eval, quickstart, plot. Bad input
+(recipes, overrides, flags, files, checkpoints) ends with a message and exit status 2, not a traceback."""
 
 from __future__ import annotations
 
