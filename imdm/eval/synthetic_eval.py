@@ -10,28 +10,16 @@ import math
 
 import torch
 
-from imdm import rng
 from imdm.algorithms.protocol import Process
 from imdm.build import sampler_settings
 from imdm.data.synthetic import synthetic_metrics
+from imdm.eval.evaluation_samples import evaluation_samples
 from imdm.eval.total_correlation import total_correlation
 from imdm.recipe import Recipe
-from imdm.sampling.ancestral import generation_seeds
 
 # groups for the TC estimate, and their size while `sampling.duplicate` is 1 (recipes and run
 # directories that predate the key keep their numbers)
 TC_GROUPS, TC_REPLICAS = 64, 16
-
-
-def _generate(recipe: Recipe, model, process: Process, device, settings) -> tuple[torch.Tensor, float]:
-    """(tokens [N, L], NFE per batch) of evaluation samples 0 .. N - 1, N = `sampling.num_samples`."""
-    s, out, nfe, calls = recipe.sampling, [], 0, 0
-    for start in range(0, s.num_samples, s.batch):
-        seeds = generation_seeds(s.seed, start, min(s.batch, s.num_samples - start), rng.STREAM_EVAL_SEED)
-        result = process.sample(model, settings, seeds.to(device), recipe.data.seq_len)
-        out.append(result.tokens.cpu())
-        nfe, calls = nfe + result.nfe, calls + 1
-    return torch.cat(out), nfe / calls
 
 
 def tc_replicas(recipe: Recipe) -> int:
@@ -49,8 +37,8 @@ def evaluate_synthetic(recipe: Recipe, model: torch.nn.Module, process: Process,
         settings = sampler_settings(recipe, steps)
         greedy = sampler_settings(dataclasses.replace(
             recipe, sampling=dataclasses.replace(s, noise_removal="greedy")), steps)
-        sampled, nfe = _generate(recipe, model, process, device, settings)
-        argmax, _ = _generate(recipe, model, process, device, greedy)
+        sampled, nfe = evaluation_samples(recipe, model, process, device, settings)
+        argmax, _ = evaluation_samples(recipe, model, process, device, greedy)
         tc = total_correlation(recipe, model, process, device, settings, tc_groups, replicas)
         metrics = synthetic_metrics(sampled, recipe.data.vocab_size)
         greedy_metrics = synthetic_metrics(argmax, recipe.data.vocab_size)

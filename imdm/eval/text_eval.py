@@ -11,44 +11,33 @@ continuations at each step count."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import torch
-from tqdm import tqdm
 
-from imdm import rng
 from imdm.algorithms.registry import method_label
 from imdm.build import autocast_dtype, has_validation_split, sampler_settings
 from imdm.data.text_dataset import open_text_dataset
 from imdm.eval.conditional import conditional_mauve
+from imdm.eval.evaluation_samples import evaluation_samples
 from imdm.eval.generative import score_sequences
 from imdm.eval.judge import Judge, load_judge
 from imdm.eval.perplexity import evaluate_text
 from imdm.eval.total_correlation import total_correlation
 from imdm.recipe import Recipe, RecipeError
 from imdm.run_loading import LoadedRun
-from imdm.sampling.ancestral import generation_seeds
 
 TC_GROUPS = 64   # groups of `sampling.duplicate` samples in a row's total correlation estimate
 
 
 def generate_samples(recipe: Recipe, model: torch.nn.Module, process, device: torch.device, steps: int,
                      progress: bool = False) -> tuple[list[list[int]], float]:
-    """(samples 0 .. num_samples - 1 of the evaluation stream at `steps` steps, mean NFE per call)."""
-    s = recipe.sampling
-    settings, amp = sampler_settings(recipe, steps), autocast_dtype(recipe, device)
-    samples, nfe, calls = [], 0.0, 0
-    bar = tqdm(total=s.num_samples, desc=f"sampling {steps} steps", unit="seq", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
-    for first in range(0, s.num_samples, s.batch):
-        seeds = generation_seeds(s.seed, first, min(s.batch, s.num_samples - first), rng.STREAM_EVAL_SEED)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            result = process.sample(model, settings, seeds.to(device), recipe.data.seq_len)
-        samples += result.tokens.cpu().tolist()
-        nfe, calls = nfe + result.nfe, calls + 1
-        bar.update(len(seeds))
-    bar.close()
-    return samples, nfe / calls
+    """(samples 0 .. num_samples - 1 of the evaluation stream at `steps` steps, mean NFE per call),
+    under the recipe's autocast."""
+    amp = autocast_dtype(recipe, device)
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        tokens, nfe = evaluation_samples(recipe, model, process, device, sampler_settings(recipe, steps),
+                                         f"sampling {steps} steps" if progress else None)
+    return tokens.tolist(), nfe
 
 
 def human_sequences(recipe: Recipe, count: int) -> list[list[int]]:
